@@ -1,0 +1,122 @@
+#include "access_policy.h"
+
+#include "credential.h"
+
+namespace apikey {
+
+unsigned method_bit(std::string_view name) noexcept {
+    constexpr std::pair<std::string_view, unsigned> methods[] = {
+        {"GET", kGet},     {"HEAD", kHead},     {"POST", kPost},      {"PUT", kPut},
+        {"PATCH", kPatch}, {"DELETE", kDelete}, {"OPTIONS", kOptions},
+    };
+    for (const auto &[n, bit] : methods) {
+        if (n == name) return bit;
+    }
+    return 0;
+}
+
+AccessPolicy::AccessPolicy(std::vector<ScopeRule> rules, std::vector<std::string> plans,
+                           RequiredEnvironment environment)
+    : rules_(std::move(rules)), plans_(std::move(plans)), environment_(environment),
+      compiled_(rules_.size()) {
+    for (std::size_t i = 0; i < rules_.size(); i++) {
+        compiled_[i].bits.resize(rules_[i].scopes.size());
+    }
+}
+
+void AccessPolicy::compile(const KeyTable &table) noexcept {
+    for (std::size_t i = 0; i < rules_.size(); i++) {
+        CompiledRule &c = compiled_[i];
+        c.need = ScopeSet{};
+        c.unknown = false;
+        for (std::size_t k = 0; k < rules_[i].scopes.size(); k++) {
+            int bit = table.find_scope(rules_[i].scopes[k]);
+            c.bits[k] = bit;
+            if (bit < 0) {
+                c.unknown = true;
+            } else {
+                c.need.set(static_cast<unsigned>(bit));
+            }
+        }
+    }
+    plan_mask_ = 0;
+    for (const std::string &plan : plans_) {
+        int id = table.find_plan(plan);
+        if (id >= 0) plan_mask_ |= std::uint64_t{1} << id;
+    }
+    compiled_for_ = table.build_id();
+}
+
+Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
+                     Digest &digest) noexcept {
+    if (!is_well_formed_key(key) || !table.environment_of(key, environment)) {
+        return Outcome::invalid_key;
+    }
+    digest = sha256(key);
+    return Outcome::accepted;
+}
+
+Verdict AccessPolicy::check(const KeyTable &table, std::string_view key, unsigned method,
+                            std::int64_t now) noexcept {
+    Environment environment = Environment::none;
+    Digest digest;
+    if (identify_key(table, key, environment, digest) != Outcome::accepted) {
+        Verdict v;
+        v.outcome = Outcome::invalid_key;
+        v.environment = environment;
+        return v;
+    }
+    return check_digest(table, digest, environment, method, now);
+}
+
+Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
+                                   Environment environment, unsigned method,
+                                   std::int64_t now) noexcept {
+    Verdict v;
+    v.environment = environment;
+    const KeyRecord *record = table.find(digest);
+    if (record == nullptr) {
+        v.outcome = Outcome::invalid_key;
+        return v;
+    }
+    v.record = record;
+    if (record->revoked_at <= now) {
+        v.outcome = Outcome::revoked_key;
+        return v;
+    }
+    if (record->expires_at <= now) {
+        v.outcome = Outcome::expired_key;
+        return v;
+    }
+    if ((environment_ == RequiredEnvironment::live && v.environment != Environment::live) ||
+        (environment_ == RequiredEnvironment::test && v.environment != Environment::test)) {
+        v.outcome = Outcome::wrong_environment;
+        return v;
+    }
+
+    if (compiled_for_ != table.build_id()) compile(table);
+
+    if (!plans_.empty() &&
+        (record->plan == kNoPlan || !(plan_mask_ >> record->plan & 1))) {
+        v.outcome = Outcome::plan_required;
+        return v;
+    }
+
+    for (std::size_t i = 0; i < rules_.size(); i++) {
+        const CompiledRule &c = compiled_[i];
+        if (!(rules_[i].methods & method)) continue;
+        if (!c.unknown && record->scopes.contains_all(c.need)) continue;
+        for (std::size_t k = 0; k < c.bits.size(); k++) {
+            if (c.bits[k] < 0 || !record->scopes.test(static_cast<unsigned>(c.bits[k]))) {
+                v.outcome = Outcome::insufficient_scope;
+                v.missing_scope = rules_[i].scopes[k];
+                return v;
+            }
+        }
+    }
+
+    v.outcome = Outcome::accepted;
+    return v;
+}
+
+}  // namespace apikey

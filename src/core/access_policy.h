@@ -1,0 +1,86 @@
+// What one location requires of a key (scopes, plans, environment), and the
+// check itself: the request path from a presented key to a verdict.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "key_table.h"
+#include "outcome.h"
+
+namespace apikey {
+
+// HTTP methods a scope rule can name; the glue maps nginx's method to one bit.
+enum MethodBit : unsigned {
+    kGet = 1u << 0,
+    kHead = 1u << 1,
+    kPost = 1u << 2,
+    kPut = 1u << 3,
+    kPatch = 1u << 4,
+    kDelete = 1u << 5,
+    kOptions = 1u << 6,
+    kOtherMethod = 1u << 7,
+    kAnyMethod = 0xffu,
+};
+
+// 0 if name is not one of the methods api_key_scope accepts.
+unsigned method_bit(std::string_view name) noexcept;
+
+enum class RequiredEnvironment : std::uint8_t { any, live, test };
+
+struct ScopeRule {
+    unsigned methods = kAnyMethod;
+    std::vector<std::string> scopes;  // all required, reported in this order
+};
+
+struct Verdict {
+    Outcome outcome = Outcome::invalid_key;
+    Environment environment = Environment::none;
+    const KeyRecord *record = nullptr;  // set once the key was found
+    std::string_view missing_scope;     // for insufficient_scope
+};
+
+// Syntax -> prefix -> SHA-256: what a key is, before any table lookup.
+// Returns invalid_key or accepted (meaning "identified").
+Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
+                     Digest &digest) noexcept;
+
+class AccessPolicy {
+public:
+    AccessPolicy(std::vector<ScopeRule> rules, std::vector<std::string> plans,
+                 RequiredEnvironment environment);
+
+    // identify_key, then check_digest. No allocation and no exceptions: the
+    // per-table view of the rules is rebuilt in place when the table changes.
+    Verdict check(const KeyTable &table, std::string_view key, unsigned method,
+                  std::int64_t now) noexcept;
+
+    // Lookup -> revoked -> expired -> environment -> plan -> scopes, for a key
+    // already identified (also after an internal redirect, when the key
+    // itself may have been hidden from the request).
+    Verdict check_digest(const KeyTable &table, const Digest &digest, Environment environment,
+                         unsigned method, std::int64_t now) noexcept;
+
+    bool checks_plan() const noexcept { return !plans_.empty(); }
+
+private:
+    void compile(const KeyTable &table) noexcept;
+
+    struct CompiledRule {
+        ScopeSet need{};
+        bool unknown = false;      // names a scope no key in the table has
+        std::vector<int> bits;     // per scope of the rule, -1 when unknown
+    };
+
+    std::vector<ScopeRule> rules_;
+    std::vector<std::string> plans_;
+    RequiredEnvironment environment_;
+
+    std::uint64_t compiled_for_ = 0;  // build_id of the table below
+    std::vector<CompiledRule> compiled_;
+    std::uint64_t plan_mask_ = 0;
+};
+
+}  // namespace apikey

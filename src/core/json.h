@@ -1,0 +1,18 @@
+// JSON string escaping into caller-owned, bounded buffers.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+
+namespace apikey {
+
+// Upper bound of the escaped size of n input bytes ("\u00XX" per byte).
+constexpr std::size_t json_escaped_max(std::size_t n) noexcept { return 6 * n; }
+
+// Writes s escaped for use inside a JSON string (no quotes added) and returns
+// the number of bytes written. Control bytes become \u00XX, invalid UTF-8
+// becomes U+FFFD, so the output is always valid JSON text. The caller gives
+// at least json_escaped_max(s.size()) bytes.
+std::size_t json_escape(std::string_view s, char *out) noexcept;
+
+}  // namespace apikey

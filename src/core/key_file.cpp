@@ -1,0 +1,452 @@
+#include "key_file.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/exceptions.h>
+#include <yaml-cpp/mark.h>
+#include <yaml-cpp/parser.h>
+
+#include "timestamp.h"
+#include "yaml_subset.h"
+
+namespace apikey {
+
+namespace {
+
+constexpr std::size_t kMaxTextLength = 128;
+
+std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+// Ids, owners, plans and scopes end up in logs, headers and JSON: printable
+// ASCII without blanks, quotes or backslashes keeps every one of them safe.
+bool is_identifier(std::string_view s) noexcept {
+    if (s.empty() || s.size() > kMaxTextLength) return false;
+    for (char c : s) {
+        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\') return false;
+    }
+    return true;
+}
+
+enum class Field {
+    version, prefixes, keys,                               // top level
+    id, hash, owner, organization_id, plan, scopes,        // key record
+    created_at, expires_at, revoked_at, limits,
+    none
+};
+
+struct FieldName {
+    std::string_view name;
+    Field field;
+};
+
+constexpr FieldName kTopFields[] = {
+    {"version", Field::version}, {"prefixes", Field::prefixes}, {"keys", Field::keys}};
+
+constexpr FieldName kKeyFields[] = {
+    {"id", Field::id},
+    {"hash", Field::hash},
+    {"owner", Field::owner},
+    {"organization_id", Field::organization_id},
+    {"plan", Field::plan},
+    {"scopes", Field::scopes},
+    {"created_at", Field::created_at},
+    {"expires_at", Field::expires_at},
+    {"revoked_at", Field::revoked_at},
+    {"limits", Field::limits},
+};
+
+template <std::size_t N>
+Field lookup(const FieldName (&fields)[N], std::string_view name) {
+    for (const FieldName &f : fields) {
+        if (f.name == name) return f.field;
+    }
+    return Field::none;
+}
+
+// yaml-cpp pushes events; this is the schema as a small state machine.
+// Every container is checked against what the schema allows at that point,
+// so the structure can never be deeper than key -> limits -> value.
+class SchemaHandler final : public YAML::EventHandler {
+public:
+    explicit SchemaHandler(KeyFileSink &sink) : sink_(sink) {}
+
+    void finish() const {
+        if (!seen_root_) throw KeyFileError(1, "the file holds no YAML document");
+        if (!seen_version_) throw KeyFileError(1, "\"version\" is missing");
+    }
+
+    void OnDocumentStart(const YAML::Mark &) override {}
+    void OnDocumentEnd() override {}
+
+    void OnAlias(const YAML::Mark &mark, YAML::anchor_t) override {
+        throw KeyFileError(line(mark), "YAML aliases are not allowed in a key file");
+    }
+
+    void OnNull(const YAML::Mark &mark, YAML::anchor_t) override { value(mark, nullptr); }
+
+    void OnScalar(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
+                  const std::string &text) override {
+        value(mark, &text);
+    }
+
+    void OnSequenceStart(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {
+        if (state_ == State::top_value && field_ == Field::keys) {
+            state_ = State::keys;
+        } else if (state_ == State::key_value && field_ == Field::scopes) {
+            state_ = State::scopes;
+            spec_.scopes.clear();
+        } else {
+            unexpected(mark, "a list");
+        }
+    }
+
+    void OnSequenceEnd() override {
+        if (state_ == State::keys) {
+            state_ = State::top;
+        } else {  // scopes
+            state_ = State::key;
+        }
+    }
+
+    void OnMapStart(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
+                    YAML::EmitterStyle::value) override {
+        if (state_ == State::start) {
+            state_ = State::top;
+            seen_root_ = true;
+        } else if (state_ == State::top_value && field_ == Field::prefixes) {
+            state_ = State::prefixes;
+        } else if (state_ == State::keys) {
+            state_ = State::key;
+            spec_ = KeySpec{};
+            spec_.line = line(mark);
+            seen_fields_ = 0;
+        } else if (state_ == State::key_value && field_ == Field::limits) {
+            state_ = State::limits;
+        } else {
+            unexpected(mark, "a map");
+        }
+    }
+
+    void OnMapEnd() override {
+        switch (state_) {
+        case State::top: state_ = State::done; break;
+        case State::prefixes: state_ = State::top; break;
+        case State::limits: state_ = State::key; break;
+        case State::key: finish_key(); state_ = State::keys; break;
+        default: break;
+        }
+    }
+
+private:
+    enum class State {
+        start, top, top_value, prefixes, prefix_value, keys, key, key_value, scopes, limits,
+        limit_value, done
+    };
+
+    static std::uint32_t line(const YAML::Mark &mark) {
+        return static_cast<std::uint32_t>(mark.line + 1);
+    }
+
+    [[noreturn]] void unexpected(const YAML::Mark &mark, const char *what) const {
+        switch (state_) {
+        case State::start:
+            throw KeyFileError(line(mark), std::string("the top level must be a map, not ") + what);
+        case State::keys:
+            throw KeyFileError(line(mark), std::string("each entry of \"keys\" must be a map, not ") + what);
+        case State::top_value:
+        case State::key_value:
+            throw KeyFileError(line(mark), quoted(name_) + " must be " + expected() + ", not " + what);
+        case State::scopes:
+            throw KeyFileError(line(mark), std::string("each scope must be a string, not ") + what);
+        case State::prefix_value:
+        case State::limit_value:
+            throw KeyFileError(line(mark), quoted(name_) + " must be a string, not " + what);
+        default:
+            throw KeyFileError(line(mark), std::string("unexpected ") + what);
+        }
+    }
+
+    const char *expected() const {
+        switch (field_) {
+        case Field::prefixes: return "a map of prefix to environment";
+        case Field::keys: return "a list of key records";
+        case Field::scopes: return "a list of scope names";
+        case Field::limits: return "a map of category to rate";
+        default: return "a single value";
+        }
+    }
+
+    // One scalar or null, wherever it appears.
+    void value(const YAML::Mark &mark, const std::string *text) {
+        switch (state_) {
+        case State::start:
+            unexpected(mark, "a single value");
+        case State::top:
+            field_name(mark, text, kTopFields, State::top_value, seen_top_fields_);
+            return;
+        case State::key:
+            field_name(mark, text, kKeyFields, State::key_value, seen_fields_);
+            return;
+        case State::prefixes:
+        case State::limits:
+            if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
+            name_ = *text;
+            state_ = state_ == State::prefixes ? State::prefix_value : State::limit_value;
+            return;
+        case State::top_value:
+            top_value(mark, text);
+            state_ = State::top;
+            return;
+        case State::key_value:
+            key_value(mark, text);
+            state_ = State::key;
+            return;
+        case State::prefix_value:
+            prefix_value(mark, text);
+            state_ = State::prefixes;
+            return;
+        case State::limit_value:
+            limit_value(mark, text);
+            state_ = State::limits;
+            return;
+        case State::scopes:
+            if (!text) throw KeyFileError(line(mark), "a scope must not be null");
+            check_identifier(mark, "scope", *text);
+            spec_.scopes.push_back(*text);
+            return;
+        case State::keys:
+            unexpected(mark, text ? "a single value" : "null");
+        case State::done:
+            throw KeyFileError(line(mark), "unexpected content after the top-level map");
+        }
+    }
+
+    template <std::size_t N>
+    void field_name(const YAML::Mark &mark, const std::string *text, const FieldName (&fields)[N],
+                    State next, unsigned &seen) {
+        if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
+        field_ = lookup(fields, *text);
+        if (field_ == Field::none) throw KeyFileError(line(mark), "unknown field " + quoted(*text));
+        const unsigned bit = 1u << static_cast<unsigned>(field_);
+        if (seen & bit) throw KeyFileError(line(mark), "duplicate field " + quoted(*text));
+        seen |= bit;
+        name_ = *text;
+        state_ = next;
+    }
+
+    void top_value(const YAML::Mark &mark, const std::string *text) {
+        switch (field_) {
+        case Field::version:
+            if (!text || *text != "1") {
+                throw KeyFileError(line(mark), "unsupported \"version\", only 1 is known");
+            }
+            seen_version_ = true;
+            return;
+        case Field::prefixes:
+        case Field::keys:
+            if (!text) return;  // "keys:" with nothing under it is an empty list
+            [[fallthrough]];
+        default:
+            unexpected(mark, "a single value");
+        }
+    }
+
+    void key_value(const YAML::Mark &mark, const std::string *text) {
+        if (field_ == Field::scopes && !text) {
+            spec_.scopes.clear();
+            return;
+        }
+        if (field_ == Field::scopes || field_ == Field::limits) {
+            if (!text) return;
+            unexpected(mark, "a single value");
+        }
+        if (!text) {
+            if (field_ == Field::organization_id || field_ == Field::expires_at ||
+                field_ == Field::revoked_at || field_ == Field::created_at) {
+                return;  // absent
+            }
+            throw KeyFileError(line(mark), quoted(name_) + " must not be null");
+        }
+        const std::string &v = *text;
+        switch (field_) {
+        case Field::id:
+            check_identifier(mark, "id", v);
+            spec_.id = v;
+            return;
+        case Field::hash:
+            if (!parse_digest(v, spec_.hash)) {
+                throw KeyFileError(line(mark),
+                                   "\"hash\" must be \"sha256:\" and 64 lowercase hex digits");
+            }
+            return;
+        case Field::owner:
+            check_identifier(mark, "owner", v);
+            spec_.owner = v;
+            return;
+        case Field::organization_id:
+            check_identifier(mark, "organization_id", v);
+            spec_.organization = v;
+            return;
+        case Field::plan:
+            check_identifier(mark, "plan", v);
+            spec_.plan = v;
+            return;
+        case Field::created_at: spec_.created_at = time(mark, v); return;
+        case Field::expires_at: spec_.expires_at = time(mark, v); return;
+        case Field::revoked_at: spec_.revoked_at = time(mark, v); return;
+        default: return;
+        }
+    }
+
+    std::int64_t time(const YAML::Mark &mark, const std::string &v) const {
+        auto t = parse_timestamp(v);
+        if (!t) {
+            throw KeyFileError(line(mark), quoted(name_) + " is not a valid timestamp " + quoted(v) +
+                                               " (expected e.g. 2027-01-30T00:00:00Z)");
+        }
+        return *t;
+    }
+
+    void prefix_value(const YAML::Mark &mark, const std::string *text) {
+        Environment env;
+        if (text && *text == "live") {
+            env = Environment::live;
+        } else if (text && *text == "test") {
+            env = Environment::test;
+        } else {
+            throw KeyFileError(line(mark), "the environment of prefix " + quoted(name_) +
+                                               " must be \"live\" or \"test\"");
+        }
+        if (name_.empty() || name_.size() > 64 || !is_identifier(name_)) {
+            throw KeyFileError(line(mark), "invalid prefix " + quoted(name_));
+        }
+        sink_.on_prefix(line(mark), name_, env);
+    }
+
+    void limit_value(const YAML::Mark &mark, const std::string *text) {
+        check_identifier(mark, "limit category", name_);
+        auto rate = text ? parse_rate(*text) : std::nullopt;
+        if (!rate) {
+            throw KeyFileError(line(mark), "invalid rate for category " + quoted(name_) +
+                                               " (expected e.g. 500r/m)");
+        }
+        for (const auto &l : spec_.limits) {
+            if (l.first == name_) {
+                throw KeyFileError(line(mark), "duplicate limit category " + quoted(name_));
+            }
+        }
+        spec_.limits.emplace_back(name_, *rate);
+    }
+
+    void check_identifier(const YAML::Mark &mark, const char *what, const std::string &v) const {
+        if (!is_identifier(v)) {
+            throw KeyFileError(line(mark),
+                               std::string("invalid ") + what + " " + quoted(v.substr(0, 64)) +
+                                   " (1 to 128 printable characters, no blanks, quotes or "
+                                   "backslashes)");
+        }
+    }
+
+    void finish_key() {
+        constexpr std::pair<Field, const char *> required[] = {
+            {Field::id, "id"}, {Field::hash, "hash"}, {Field::owner, "owner"}};
+        for (const auto &[field, name] : required) {
+            if (!(seen_fields_ & (1u << static_cast<unsigned>(field)))) {
+                throw KeyFileError(spec_.line, std::string("key record has no \"") + name + "\"");
+            }
+        }
+        sink_.on_key(spec_);
+    }
+
+    KeyFileSink &sink_;
+    State state_ = State::start;
+    Field field_ = Field::none;
+    std::string name_;
+    KeySpec spec_;
+    unsigned seen_fields_ = 0;
+    unsigned seen_top_fields_ = 0;
+    bool seen_root_ = false;
+    bool seen_version_ = false;
+};
+
+class BuildingSink final : public KeyFileSink {
+public:
+    void on_prefix(std::uint32_t line, std::string_view prefix, Environment env) override {
+        builder.add_prefix(line, prefix, env);
+    }
+    void on_key(const KeySpec &spec) override { builder.add_key(spec); }
+
+    TableBuilder builder;
+};
+
+}  // namespace
+
+void read_key_file(std::string_view text, KeyFileSink &sink) {
+    bool in_subset = true;
+    try {
+        SchemaHandler handler(sink);
+        read_yaml_subset(text, handler);
+        handler.finish();
+    } catch (const NotInSubset &) {
+        in_subset = false;  // nothing was emitted: the subset reader checks before it emits
+    }
+    if (in_subset) return;
+
+    SchemaHandler handler(sink);
+    try {
+        std::istringstream in{std::string(text)};
+        YAML::Parser parser(in);
+        if (parser.HandleNextDocument(handler)) {
+            if (parser.HandleNextDocument(handler)) {
+                throw KeyFileError(1, "the file holds more than one YAML document");
+            }
+        }
+    } catch (const YAML::Exception &e) {
+        throw KeyFileError(static_cast<std::uint32_t>(e.mark.line + 1), e.msg);
+    }
+    handler.finish();
+}
+
+void read_key_file(std::istream &in, KeyFileSink &sink) {
+    std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    read_key_file(text, sink);
+}
+
+TableImage load_key_file(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw KeyFileLoadError(path + ": cannot open: " + std::strerror(errno));
+    }
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) {
+        throw KeyFileLoadError(path + ": cannot stat: " + std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        throw KeyFileLoadError(path + ": not a regular file");
+    }
+    if (static_cast<std::uint64_t>(st.st_size) > kMaxKeyFileBytes) {
+        throw KeyFileLoadError(path + ": the file is larger than 1 GiB");
+    }
+    std::string text(static_cast<std::size_t>(st.st_size), '\0');
+    if (!in.read(text.data(), st.st_size) || in.gcount() != st.st_size) {
+        throw KeyFileLoadError(path + ": read error");
+    }
+    try {
+        BuildingSink sink;
+        read_key_file(text, sink);
+        return sink.builder.build();
+    } catch (const KeyFileError &e) {
+        throw KeyFileLoadError(path + ":" + std::to_string(e.line()) + ": " + e.what());
+    }
+}
+
+}  // namespace apikey

@@ -1,0 +1,46 @@
+// Every way a request can end, with the status, type, code and message the
+// SPEC's error table gives it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace apikey {
+
+enum class Outcome : std::uint8_t {
+    accepted,
+    missing_key,
+    invalid_key,
+    multiple_keys,
+    wrong_environment,
+    revoked_key,
+    expired_key,
+    plan_required,
+    insufficient_scope,
+    rate_limited,
+};
+
+constexpr std::size_t kOutcomeCount = 10;
+
+struct OutcomeInfo {
+    unsigned status;             // 0 for accepted
+    std::string_view type;       // error.type
+    std::string_view code;       // error.code and $api_key_error
+    std::string_view message;    // error.message, or its text before the detail
+    std::string_view message_tail;  // after the detail, for messages that name one
+};
+
+const OutcomeInfo &describe(Outcome outcome) noexcept;
+
+// Largest detail written into a message (a scope name is at most 128 bytes).
+constexpr std::size_t kMaxDetail = 128;
+// Enough for the longest envelope with a fully escaped detail.
+constexpr std::size_t kMaxErrorBody = 1280;
+
+// Writes the JSON envelope into out (kMaxErrorBody bytes) and returns its
+// length. The detail (e.g. the missing scope) is cut to kMaxDetail bytes.
+std::size_t write_error_body(char *out, Outcome outcome, std::string_view request_id,
+                             std::string_view detail) noexcept;
+
+}  // namespace apikey

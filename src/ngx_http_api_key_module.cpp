@@ -1,0 +1,908 @@
+// nginx glue for the API key core: directives, configuration merge, the key
+// zone, the access handler, variables and responses. This is the only file
+// that sees nginx types; everything it decides is delegated to src/core.
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+}
+
+#include <openssl/rand.h>
+
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/access_policy.h"
+#include "core/credential.h"
+#include "core/key_file.h"
+#include "core/outcome.h"
+#include "core/request_id.h"
+
+extern "C" ngx_module_t ngx_http_api_key_module;
+
+namespace {
+
+using apikey::Outcome;
+
+// --- configuration ----------------------------------------------------------
+
+// One api_key_zone. Lives in the cycle pool; the table image is parsed at
+// configuration time (so nginx -t and a reload see file errors with their
+// line) and copied into the shared zone by init_zone.
+struct KeyZone {
+    std::string name;
+    std::string path;
+    apikey::TableImage image;      // released once copied into the zone
+    ngx_slab_pool_t *shpool = nullptr;
+    const void *shared_image = nullptr;
+    ngx_uint_t keys = 0;
+
+    apikey::KeyTable table() const noexcept { return apikey::KeyTable(shared_image); }
+};
+
+struct Source {
+    ngx_str_t header;  // lower case; empty for "bearer"
+};
+
+struct ScopeRuleConf {
+    unsigned methods;
+    ngx_array_t *scopes;  // of ngx_str_t
+};
+
+struct ApiKeyLocConf {
+    ngx_shm_zone_t *zone;     // NULL: api_key off
+    ngx_array_t *sources;     // of Source
+    ngx_array_t *scope_rules; // of ScopeRuleConf
+    ngx_array_t *plans;       // of ngx_str_t
+    ngx_uint_t environment;
+    ngx_flag_t dry_run;
+    ngx_flag_t hide_credentials;
+    ngx_str_t realm;
+    ngx_str_t challenge;           // WWW-Authenticate when no key was sent
+    ngx_str_t challenge_invalid;   // ... and when one was
+    apikey::AccessPolicy *policy;  // built at merge, owned by the cf pool
+};
+
+// Per request: what the access handler found and decided, for variables and
+// headers. It outlives internal redirects (see get_ctx), so a key hidden from
+// the request on the first pass is still known by its digest on the next.
+struct RequestCtx {
+    char request_id[apikey::kRequestIdLength];
+    bool key_sent;
+    bool identified;      // digest and environment are set
+    Outcome presented;    // the outcome of reading the key when not identified
+    apikey::Digest digest;
+    Outcome outcome;
+    apikey::Environment environment;
+    const apikey::KeyRecord *record;
+    const KeyZone *zone;
+};
+
+ngx_conf_enum_t environment_values[] = {
+    {ngx_string("any"), static_cast<ngx_uint_t>(apikey::RequiredEnvironment::any)},
+    {ngx_string("live"), static_cast<ngx_uint_t>(apikey::RequiredEnvironment::live)},
+    {ngx_string("test"), static_cast<ngx_uint_t>(apikey::RequiredEnvironment::test)},
+    {ngx_null_string, 0},
+};
+
+apikey::RequestIdGenerator request_ids;
+ngx_http_output_header_filter_pt next_header_filter;
+
+// nginx's configuration callbacks return char *; these keep the casts in one place.
+char *conf_error() noexcept { return static_cast<char *>(NGX_CONF_ERROR); }
+char *conf_ok() noexcept { return static_cast<char *>(NGX_CONF_OK); }
+char *conf_message(const char *text) noexcept { return const_cast<char *>(text); }
+
+std::string to_string(const ngx_str_t &s) {
+    return std::string(reinterpret_cast<const char *>(s.data), s.len);
+}
+
+std::string_view to_view(const ngx_str_t &s) noexcept {
+    return {reinterpret_cast<const char *>(s.data), s.len};
+}
+
+ngx_str_t literal(std::string_view s) noexcept {
+    return {s.size(), reinterpret_cast<u_char *>(const_cast<char *>(s.data()))};
+}
+
+template <typename T>
+T *conf_arg(ngx_conf_t *cf) noexcept {
+    return static_cast<T *>(cf->args->elts);
+}
+
+// An ngx_array_t seen as a range of T (a null array is empty).
+template <typename T>
+struct Items {
+    const T *first;
+    const T *last;
+    const T *begin() const noexcept { return first; }
+    const T *end() const noexcept { return last; }
+};
+
+template <typename T>
+Items<T> items(const ngx_array_t *a) noexcept {
+    if (a == nullptr) return {nullptr, nullptr};
+    const T *p = static_cast<const T *>(a->elts);
+    return {p, p + a->nelts};
+}
+
+// Places a C++ object in pool memory; the pool's cleanup runs its destructor,
+// so a reload that frees the old cycle frees these too.
+template <typename T, typename... Args>
+T *pool_new(ngx_pool_t *pool, Args &&...args) {
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(pool, sizeof(T));
+    if (cln == nullptr) throw std::bad_alloc();
+    T *object = new (cln->data) T(std::forward<Args>(args)...);
+    cln->handler = [](void *p) { static_cast<T *>(p)->~T(); };
+    return object;
+}
+
+// Shared memory a slab pool needs around an allocation of the given size:
+// its own header and page descriptors, and whole pages for the allocation.
+size_t zone_size_needed(size_t image_size) noexcept {
+    const size_t page = ngx_pagesize;
+    const size_t pages = (image_size + page - 1) / page + 4;
+    return pages * (page + sizeof(ngx_slab_page_t)) + page;
+}
+
+ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *) noexcept {
+    auto *zone = static_cast<KeyZone *>(shm_zone->data);
+    auto *shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
+
+    // The zone is created with noreuse: every configuration load gets fresh
+    // memory, written here once, before any worker of this cycle exists.
+    // Workers of the previous cycle keep their own mapping of the previous
+    // zone until they exit, so nothing they read is ever rewritten or freed
+    // under them; the kernel releases it when the last of them is gone.
+    void *image = ngx_slab_alloc(shpool, zone->image.size());
+    if (image == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "api_key_zone \"%V\" is too small for \"%s\": it needs at least %uzk",
+                      &shm_zone->shm.name, zone->path.c_str(),
+                      zone_size_needed(zone->image.size()) / 1024 + 1);
+        return NGX_ERROR;
+    }
+    std::memcpy(image, zone->image.data(), zone->image.size());
+    zone->shpool = shpool;
+    zone->shared_image = image;
+    zone->keys = zone->table().key_count();
+    zone->image = apikey::TableImage();
+    shpool->data = image;
+    return NGX_OK;
+}
+
+// api_key_zone NAME:SIZE file=PATH;
+char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    ngx_str_t name = ngx_null_string;
+    ssize_t size = 0;
+    ngx_str_t file = ngx_null_string;
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        std::string_view arg = to_view(value[i]);
+        if (i == 1) {
+            size_t colon = arg.find(':');
+            if (colon == std::string_view::npos || colon == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone \"%V\"", &value[i]);
+                return conf_error();
+            }
+            name.data = value[i].data;
+            name.len = colon;
+            ngx_str_t s = {arg.size() - colon - 1, value[i].data + colon + 1};
+            size = ngx_parse_size(&s);
+            if (size == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &value[i]);
+                return conf_error();
+            }
+            if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &value[i]);
+                return conf_error();
+            }
+            continue;
+        }
+        if (arg.substr(0, 5) == "file=" && arg.size() > 5) {
+            file.data = value[i].data + 5;
+            file.len = value[i].len - 5;
+            if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) return conf_error();
+            continue;
+        }
+        if (arg.substr(0, 6) == "check=") {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"check=\" is not supported by this version, "
+                               "use \"nginx -s reload\" to load a changed key file");
+            return conf_error();
+        }
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &value[i]);
+        return conf_error();
+    }
+
+    if (file.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"file\" parameter",
+                           &value[0]);
+        return conf_error();
+    }
+
+    ngx_shm_zone_t *shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_api_key_module);
+    if (shm_zone == nullptr) return conf_error();
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"", &name);
+        return conf_error();
+    }
+
+    try {
+        KeyZone *zone = pool_new<KeyZone>(cf->pool);
+        zone->name = to_string(name);
+        zone->path = to_string(file);
+        zone->image = apikey::load_key_file(zone->path);
+
+        size_t needed = zone_size_needed(zone->image.size());
+        if (static_cast<size_t>(size) < needed) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk",
+                               &name, &file,
+                               static_cast<ngx_uint_t>(zone->image.table().key_count()),
+                               needed / 1024 + 1);
+            return conf_error();
+        }
+        shm_zone->data = zone;
+    } catch (const apikey::KeyFileLoadError &e) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "%s", e.what());
+        return conf_error();
+    } catch (const std::exception &e) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot load \"%V\": %s", &file, e.what());
+        return conf_error();
+    }
+    shm_zone->init = init_key_zone;
+    shm_zone->noreuse = 1;
+    return conf_ok();
+}
+
+// api_key ZONE | off;
+char *api_key(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+
+    if (lcf->zone != NGX_CONF_UNSET_PTR) return conf_message("is duplicate");
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        lcf->zone = nullptr;
+        return conf_ok();
+    }
+    lcf->zone = ngx_shared_memory_add(cf, &value[1], 0, &ngx_http_api_key_module);
+    return lcf->zone ? conf_ok() : conf_error();
+}
+
+bool is_header_name(std::string_view name) noexcept {
+    if (name.empty() || name.size() > 64) return false;
+    for (char c : name) {
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// api_key_source bearer | header=NAME ...;
+char *api_key_source(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+
+    if (lcf->sources != NGX_CONF_UNSET_PTR) return conf_message("is duplicate");
+    lcf->sources = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(Source));
+    if (lcf->sources == nullptr) return conf_error();
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        std::string_view arg = to_view(value[i]);
+        Source source{};
+        if (arg == "bearer") {
+            source.header = ngx_null_string;
+        } else if (arg.substr(0, 7) == "header=" && is_header_name(arg.substr(7))) {
+            source.header.len = arg.size() - 7;
+            source.header.data = static_cast<u_char *>(ngx_pnalloc(cf->pool, source.header.len));
+            if (source.header.data == nullptr) return conf_error();
+            ngx_strlow(source.header.data, value[i].data + 7, source.header.len);
+            if (to_view(source.header) == "authorization") {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "use \"bearer\" to read the Authorization header");
+                return conf_error();
+            }
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid source \"%V\"", &value[i]);
+            return conf_error();
+        }
+        for (const Source &s : items<Source>(lcf->sources)) {
+            if (to_view(s.header) == to_view(source.header)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate source \"%V\"", &value[i]);
+                return conf_error();
+            }
+        }
+        *static_cast<Source *>(ngx_array_push(lcf->sources)) = source;
+    }
+    return conf_ok();
+}
+
+// Scope and plan names follow the key file's rule for identifiers.
+bool is_identifier(const ngx_str_t &s) noexcept {
+    if (s.len == 0 || s.len > 128) return false;
+    for (size_t i = 0; i < s.len; i++) {
+        u_char c = s.data[i];
+        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\') return false;
+    }
+    return true;
+}
+
+// api_key_scope [METHOD ...] SCOPE ...;
+char *api_key_scope(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+
+    if (lcf->scope_rules == NGX_CONF_UNSET_PTR) {
+        lcf->scope_rules = ngx_array_create(cf->pool, 4, sizeof(ScopeRuleConf));
+        if (lcf->scope_rules == nullptr) return conf_error();
+    }
+
+    unsigned methods = 0;
+    ngx_uint_t i = 1;
+    for (; i < cf->args->nelts; i++) {
+        unsigned bit = apikey::method_bit(to_view(value[i]));
+        if (bit == 0) break;
+        methods |= bit;
+    }
+    if (i == cf->args->nelts) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "no scope given after the methods");
+        return conf_error();
+    }
+
+    auto *rule = static_cast<ScopeRuleConf *>(ngx_array_push(lcf->scope_rules));
+    if (rule == nullptr) return conf_error();
+    rule->methods = methods ? methods : apikey::kAnyMethod;
+    rule->scopes = ngx_array_create(cf->pool, cf->args->nelts - i, sizeof(ngx_str_t));
+    if (rule->scopes == nullptr) return conf_error();
+
+    for (; i < cf->args->nelts; i++) {
+        if (!is_identifier(value[i])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid scope \"%V\"", &value[i]);
+            return conf_error();
+        }
+        *static_cast<ngx_str_t *>(ngx_array_push(rule->scopes)) = value[i];
+    }
+    return conf_ok();
+}
+
+// api_key_plans PLAN ...;
+char *api_key_plans(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+
+    if (lcf->plans != NGX_CONF_UNSET_PTR) return conf_message("is duplicate");
+    lcf->plans = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(ngx_str_t));
+    if (lcf->plans == nullptr) return conf_error();
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        if (!is_identifier(value[i])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid plan \"%V\"", &value[i]);
+            return conf_error();
+        }
+        *static_cast<ngx_str_t *>(ngx_array_push(lcf->plans)) = value[i];
+    }
+    return conf_ok();
+}
+
+ngx_command_t commands[] = {
+    {ngx_string("api_key_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_zone, 0, 0,
+     nullptr},
+    {ngx_string("api_key"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1, api_key,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_source"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE,
+     api_key_source, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_scope"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE, api_key_scope,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_plans"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_1MORE, api_key_plans,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_environment"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, environment),
+     environment_values},
+    {ngx_string("api_key_dry_run"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, dry_run),
+     nullptr},
+    {ngx_string("api_key_realm"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, realm), nullptr},
+    {ngx_string("api_key_hide_credentials"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
+     ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
+     offsetof(ApiKeyLocConf, hide_credentials), nullptr},
+    ngx_null_command,
+};
+
+void *create_loc_conf(ngx_conf_t *cf) noexcept {
+    auto *conf = static_cast<ApiKeyLocConf *>(ngx_pcalloc(cf->pool, sizeof(ApiKeyLocConf)));
+    if (conf == nullptr) return nullptr;
+    conf->zone = static_cast<ngx_shm_zone_t *>(NGX_CONF_UNSET_PTR);
+    conf->sources = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
+    conf->scope_rules = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
+    conf->plans = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
+    conf->environment = NGX_CONF_UNSET_UINT;
+    conf->dry_run = NGX_CONF_UNSET;
+    conf->hide_credentials = NGX_CONF_UNSET;
+    return conf;
+}
+
+
+bool make_challenge(ngx_conf_t *cf, ApiKeyLocConf *conf) noexcept {
+    for (size_t i = 0; i < conf->realm.len; i++) {
+        u_char c = conf->realm.data[i];
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid api_key_realm \"%V\"", &conf->realm);
+            return false;
+        }
+    }
+    static constexpr char invalid[] = ", error=\"invalid_token\"";
+    size_t len = sizeof("Bearer realm=\"\"") - 1 + conf->realm.len;
+    auto *p = static_cast<u_char *>(ngx_pnalloc(cf->pool, len + sizeof(invalid) - 1));
+    if (p == nullptr) return false;
+    conf->challenge.data = p;
+    conf->challenge.len = len;
+    conf->challenge_invalid.data = p;
+    conf->challenge_invalid.len = len + sizeof(invalid) - 1;
+    p = ngx_sprintf(p, "Bearer realm=\"%V\"", &conf->realm);
+    ngx_memcpy(p, invalid, sizeof(invalid) - 1);
+    return true;
+}
+
+char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
+    auto *prev = static_cast<ApiKeyLocConf *>(parent);
+    auto *conf = static_cast<ApiKeyLocConf *>(child);
+
+    ngx_conf_merge_ptr_value(conf->zone, prev->zone, nullptr);
+    ngx_conf_merge_ptr_value(conf->sources, prev->sources, nullptr);
+    ngx_conf_merge_ptr_value(conf->scope_rules, prev->scope_rules, nullptr);
+    ngx_conf_merge_ptr_value(conf->plans, prev->plans, nullptr);
+    ngx_conf_merge_uint_value(conf->environment, prev->environment,
+                              static_cast<ngx_uint_t>(apikey::RequiredEnvironment::any));
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_value(conf->hide_credentials, prev->hide_credentials, 1);
+    ngx_conf_merge_str_value(conf->realm, prev->realm, "api");
+
+    if (conf->sources == nullptr) {
+        conf->sources = ngx_array_create(cf->pool, 1, sizeof(Source));
+        if (conf->sources == nullptr) return conf_error();
+        *static_cast<Source *>(ngx_array_push(conf->sources)) = Source{ngx_null_string};
+    }
+
+    if (!make_challenge(cf, conf)) return conf_error();
+    if (conf->zone == nullptr) return conf_ok();
+
+    try {
+        std::vector<apikey::ScopeRule> rules;
+        for (const ScopeRuleConf &r : items<ScopeRuleConf>(conf->scope_rules)) {
+            apikey::ScopeRule rule;
+            rule.methods = r.methods;
+            for (const ngx_str_t &s : items<ngx_str_t>(r.scopes)) rule.scopes.push_back(to_string(s));
+            rules.push_back(std::move(rule));
+        }
+        std::vector<std::string> plans;
+        for (const ngx_str_t &s : items<ngx_str_t>(conf->plans)) plans.push_back(to_string(s));
+        conf->policy = pool_new<apikey::AccessPolicy>(
+            cf->pool, std::move(rules), std::move(plans),
+            static_cast<apikey::RequiredEnvironment>(conf->environment));
+    } catch (const std::exception &e) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "api_key: %s", e.what());
+        return conf_error();
+    }
+    return conf_ok();
+}
+
+// --- request path -------------------------------------------------------------
+
+unsigned method_of(const ngx_http_request_t *r) noexcept {
+    switch (r->method) {
+    case NGX_HTTP_GET: return apikey::kGet;
+    case NGX_HTTP_HEAD: return apikey::kHead;
+    case NGX_HTTP_POST: return apikey::kPost;
+    case NGX_HTTP_PUT: return apikey::kPut;
+    case NGX_HTTP_PATCH: return apikey::kPatch;
+    case NGX_HTTP_DELETE: return apikey::kDelete;
+    case NGX_HTTP_OPTIONS: return apikey::kOptions;
+    default: return apikey::kOtherMethod;
+    }
+}
+
+bool is_source_header(const ApiKeyLocConf *lcf, const ngx_table_elt_t &h) noexcept {
+    for (const Source &s : items<Source>(lcf->sources)) {
+        if (s.header.len != 0 && s.header.len == h.key.len &&
+            ngx_strncmp(s.header.data, h.lowcase_key, h.key.len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+template <typename F>
+void for_each_header(ngx_http_request_t *r, F &&f) noexcept {
+    for (ngx_list_part_t *part = &r->headers_in.headers.part; part; part = part->next) {
+        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) f(h[i]);
+    }
+}
+
+// Reads every configured source; all of them, not just the first that has a
+// key, so that two different keys in one request are noticed.
+apikey::KeyCollector collect_key(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept {
+    apikey::KeyCollector keys;
+    for (const Source &s : items<Source>(lcf->sources)) {
+        if (s.header.len == 0) {
+            if (r->headers_in.authorization == nullptr) continue;
+            std::string_view token;
+            switch (apikey::parse_bearer(to_view(r->headers_in.authorization->value), token)) {
+            case apikey::BearerParse::token: keys.offer(token); break;
+            case apikey::BearerParse::empty_token: keys.offer_malformed(); break;
+            case apikey::BearerParse::not_bearer: break;
+            }
+            continue;
+        }
+        for_each_header(r, [&](const ngx_table_elt_t &h) {
+            if (h.value.len != 0 && h.key.len == s.header.len &&
+                ngx_strncmp(h.lowcase_key, s.header.data, s.header.len) == 0) {
+                keys.offer(to_view(h.value));
+            }
+        });
+    }
+    return keys;
+}
+
+// The proxy module of nginx 1.22 forwards every element of the request's
+// header list, so the carrier has to leave the list itself. The list is
+// rebuilt rather than edited in place: other fields of headers_in point at
+// its elements, and they must stay valid.
+ngx_int_t hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept {
+    ngx_uint_t total = 0, carriers = 0;
+    for_each_header(r, [&](const ngx_table_elt_t &h) {
+        total++;
+        if (&h == r->headers_in.authorization || is_source_header(lcf, h)) carriers++;
+    });
+    if (carriers == 0) return NGX_OK;
+
+    ngx_list_t kept;
+    if (ngx_list_init(&kept, r->pool, total - carriers + 1, sizeof(ngx_table_elt_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+    bool hide_bearer = false;
+    for (const Source &s : items<Source>(lcf->sources)) hide_bearer |= s.header.len == 0;
+    for_each_header(r, [&](const ngx_table_elt_t &h) {
+        bool carrier = (hide_bearer && &h == r->headers_in.authorization) || is_source_header(lcf, h);
+        if (!carrier) *static_cast<ngx_table_elt_t *>(ngx_list_push(&kept)) = h;
+    });
+    r->headers_in.headers = kept;
+    if (hide_bearer) r->headers_in.authorization = nullptr;
+    return NGX_OK;
+}
+
+ngx_table_elt_t *add_header(ngx_http_request_t *r, std::string_view name,
+                            const ngx_str_t &value) noexcept {
+    auto *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
+    if (h == nullptr) return nullptr;
+    h->hash = 1;
+    h->key = literal(name);
+    h->value = value;
+    return h;
+}
+
+// The one place every refusal goes through: the SPEC's envelope as JSON.
+ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx,
+                       const apikey::Verdict &verdict, bool key_sent) noexcept {
+    const apikey::OutcomeInfo &info = apikey::describe(verdict.outcome);
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    auto *body = static_cast<u_char *>(ngx_pnalloc(r->pool, apikey::kMaxErrorBody));
+    if (body == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    size_t len = apikey::write_error_body(
+        reinterpret_cast<char *>(body), verdict.outcome,
+        std::string_view(ctx->request_id, apikey::kRequestIdLength), verdict.missing_scope);
+
+    r->headers_out.status = info.status;
+    r->headers_out.content_length_n = static_cast<off_t>(len);
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = nullptr;
+
+    static const ngx_str_t no_store = ngx_string("no-store");
+    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (info.status == NGX_HTTP_UNAUTHORIZED) {
+        r->headers_out.www_authenticate =
+            add_header(r, "WWW-Authenticate", key_sent ? lcf->challenge_invalid : lcf->challenge);
+        if (r->headers_out.www_authenticate == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+
+    auto *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) return NGX_ERROR;
+    b->pos = body;
+    b->last = body + len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
+
+void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx) noexcept {
+    const apikey::OutcomeInfo &info = apikey::describe(ctx->outcome);
+    ngx_str_t code = literal(info.code);
+    ngx_str_t id = ngx_null_string;
+    if (ctx->record) id = literal(ctx->zone->table().text(ctx->record->id));
+    // Never the key itself: the id is public, the key is a secret.
+    if (lcf->dry_run) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "api key dry run: would refuse with \"%V\"%s%V%s", &code,
+                      id.len ? ", key id \"" : "", &id, id.len ? "\"" : "");
+    } else {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "api key refused: \"%V\"%s%V%s", &code,
+                      id.len ? ", key id \"" : "", &id, id.len ? "\"" : "");
+    }
+}
+
+void ctx_marker(void *) noexcept {}
+
+// nginx clears module contexts on an internal redirect (index, try_files,
+// error_page); the pool cleanup entry keeps ours findable, as realip does.
+RequestCtx *get_ctx(ngx_http_request_t *r) noexcept {
+    auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_http_api_key_module));
+    if (ctx == nullptr && (r->internal || r->filter_finalize)) {
+        for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln; cln = cln->next) {
+            if (cln->handler == ctx_marker) {
+                ctx = static_cast<RequestCtx *>(cln->data);
+                ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
+                break;
+            }
+        }
+    }
+    return ctx;
+}
+
+RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept {
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
+    if (cln == nullptr) return nullptr;
+    cln->handler = ctx_marker;
+    auto *ctx = static_cast<RequestCtx *>(cln->data);
+    ngx_memzero(ctx, sizeof(RequestCtx));
+    ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
+    request_ids.next(ctx->request_id);
+
+    apikey::KeyCollector keys = collect_key(r, lcf);
+    ctx->key_sent = keys.state() != apikey::KeyCollector::State::none;
+    switch (keys.state()) {
+    case apikey::KeyCollector::State::none: ctx->presented = Outcome::missing_key; break;
+    case apikey::KeyCollector::State::malformed: ctx->presented = Outcome::invalid_key; break;
+    case apikey::KeyCollector::State::multiple: ctx->presented = Outcome::multiple_keys; break;
+    case apikey::KeyCollector::State::one:
+        ctx->presented = apikey::identify_key(static_cast<const KeyZone *>(lcf->zone->data)->table(),
+                                              keys.key(), ctx->environment, ctx->digest);
+        ctx->identified = ctx->presented == Outcome::accepted;
+        break;
+    }
+    return ctx;
+}
+
+// extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
+// scopes -> accept, every refusal through send_refusal.
+ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    if (lcf->zone == nullptr) return NGX_DECLINED;
+
+    RequestCtx *ctx = get_ctx(r);
+    if (ctx == nullptr) {
+        ctx = create_ctx(r, lcf);
+        if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    ctx->zone = static_cast<const KeyZone *>(lcf->zone->data);
+
+    apikey::Verdict verdict;
+    verdict.environment = ctx->environment;
+    if (ctx->identified) {
+        verdict = lcf->policy->check_digest(ctx->zone->table(), ctx->digest, ctx->environment,
+                                            method_of(r), ngx_time());
+    } else {
+        verdict.outcome = ctx->presented;
+    }
+    ctx->outcome = verdict.outcome;
+    ctx->record = verdict.record;
+
+    if (verdict.outcome != Outcome::accepted) {
+        log_refusal(r, lcf, ctx);
+        if (!lcf->dry_run) {
+            ngx_http_finalize_request(r, send_refusal(r, lcf, ctx, verdict, ctx->key_sent));
+            return NGX_DONE;
+        }
+    }
+
+    if (lcf->hide_credentials && hide_credentials(r, lcf) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return verdict.outcome == Outcome::accepted ? NGX_OK : NGX_DECLINED;
+}
+
+ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
+    RequestCtx *ctx = r == r->main ? get_ctx(r) : nullptr;
+    if (ctx != nullptr) {
+        ngx_str_t id = {apikey::kRequestIdLength, reinterpret_cast<u_char *>(ctx->request_id)};
+        if (add_header(r, "X-Request-Id", id) == nullptr) return NGX_ERROR;
+    }
+    return next_header_filter(r);
+}
+
+// --- variables ----------------------------------------------------------------
+
+enum class Var : uintptr_t {
+    id, owner, organization_id, plan, environment, scopes, error, request_id,
+};
+
+void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
+    if (s.empty()) {
+        v->not_found = 1;
+        return;
+    }
+    v->data = reinterpret_cast<u_char *>(const_cast<char *>(s.data()));
+    v->len = static_cast<unsigned>(s.size());
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+}
+
+ngx_int_t scopes_value(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+                       const apikey::KeyTable &table, const apikey::ScopeSet &scopes) noexcept {
+    size_t len = 0;
+    for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
+        if (scopes.test(bit)) len += table.scope_name(bit).size() + 1;
+    }
+    if (len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+    auto *p = static_cast<u_char *>(ngx_pnalloc(r->pool, len));
+    if (p == nullptr) return NGX_ERROR;
+    u_char *q = p;
+    for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
+        if (!scopes.test(bit)) continue;
+        std::string_view name = table.scope_name(bit);
+        if (q != p) *q++ = ' ';
+        q = ngx_cpymem(q, name.data(), name.size());
+    }
+    set_value(v, std::string_view(reinterpret_cast<char *>(p), static_cast<size_t>(q - p)));
+    return NGX_OK;
+}
+
+ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept {
+    RequestCtx *ctx = get_ctx(r->main);
+    v->not_found = 1;
+    if (ctx == nullptr) return NGX_OK;
+
+    if (ctx->zone == nullptr) return NGX_OK;
+    const apikey::KeyRecord *rec = ctx->record;
+    apikey::KeyTable table = ctx->zone->table();
+    switch (static_cast<Var>(data)) {
+    case Var::request_id:
+        set_value(v, std::string_view(ctx->request_id, apikey::kRequestIdLength));
+        break;
+    case Var::error: set_value(v, apikey::describe(ctx->outcome).code); break;
+    case Var::environment: set_value(v, apikey::environment_name(ctx->environment)); break;
+    case Var::id:
+        if (rec) set_value(v, table.text(rec->id));
+        break;
+    case Var::owner:
+        if (rec) set_value(v, table.text(rec->owner));
+        break;
+    case Var::organization_id:
+        if (rec) set_value(v, table.text(rec->organization));
+        break;
+    case Var::plan:
+        if (rec) set_value(v, table.plan_name(rec->plan));
+        break;
+    case Var::scopes:
+        if (rec) return scopes_value(r, v, table, rec->scopes);
+        break;
+    }
+    return NGX_OK;
+}
+
+ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
+    static const std::pair<std::string_view, Var> vars[] = {
+        {"api_key_id", Var::id},
+        {"api_key_owner", Var::owner},
+        {"api_key_organization_id", Var::organization_id},
+        {"api_key_plan", Var::plan},
+        {"api_key_environment", Var::environment},
+        {"api_key_scopes", Var::scopes},
+        {"api_key_error", Var::error},
+        {"api_key_request_id", Var::request_id},
+    };
+    for (const auto &[name, which] : vars) {
+        ngx_str_t n = literal(name);
+        ngx_http_variable_t *var = ngx_http_add_variable(cf, &n, NGX_HTTP_VAR_NOCACHEABLE);
+        if (var == nullptr) return NGX_ERROR;
+        var->get_handler = variable;
+        var->data = static_cast<uintptr_t>(which);
+    }
+    return NGX_OK;
+}
+
+// Every zone named by "api_key" must have been declared by "api_key_zone".
+ngx_int_t check_zones(ngx_conf_t *cf) noexcept {
+    for (ngx_list_part_t *part = &cf->cycle->shared_memory.part; part; part = part->next) {
+        auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            if (zones[i].tag == &ngx_http_api_key_module && zones[i].data == nullptr) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_zone \"%V\"",
+                                   &zones[i].shm.name);
+                return NGX_ERROR;
+            }
+        }
+    }
+    return NGX_OK;
+}
+
+ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
+    if (check_zones(cf) != NGX_OK) return NGX_ERROR;
+
+    auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
+    auto *h = static_cast<ngx_http_handler_pt *>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers));
+    if (h == nullptr) return NGX_ERROR;
+    *h = access_handler;
+
+    next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = header_filter;
+    return NGX_OK;
+}
+
+ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
+    uint64_t seed;
+    if (RAND_bytes(reinterpret_cast<unsigned char *>(&seed), sizeof seed) != 1) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: RAND_bytes() failed");
+        return NGX_ERROR;
+    }
+    request_ids = apikey::RequestIdGenerator(seed);
+    return NGX_OK;
+}
+
+ngx_http_module_t module_ctx = {
+    add_variables,      // preconfiguration
+    postconfiguration,  // postconfiguration
+    nullptr,            // create main configuration
+    nullptr,            // init main configuration
+    nullptr,            // create server configuration
+    nullptr,            // merge server configuration
+    create_loc_conf,    // create location configuration
+    merge_loc_conf,     // merge location configuration
+};
+
+}  // namespace
+
+ngx_module_t ngx_http_api_key_module = {
+    NGX_MODULE_V1,
+    &module_ctx,
+    commands,
+    NGX_HTTP_MODULE,
+    nullptr,       // init master
+    nullptr,       // init module
+    init_process,  // init process
+    nullptr,       // init thread
+    nullptr,       // exit thread
+    nullptr,       // exit process
+    nullptr,       // exit master
+    NGX_MODULE_V1_PADDING,
+};
