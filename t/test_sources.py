@@ -50,8 +50,8 @@ class SourcesTest(NginxCase):
         kf = KeyFile()
         cls.k1 = kf.add("key_one", scopes=["a:read"])
         cls.k2 = kf.add("key_two", key=new_key("wfk_"), scopes=["a:read"])
-        # every character of the key alphabet [A-Za-z0-9._~+/=-]
-        cls.kpunct = kf.add("key_punct", key="jfi_sk_live_Az09._~+/=-" + new_key("", 20))
+        # every character of the key alphabet [A-Za-z0-9._~+/-], "=" as trailing padding
+        cls.kpunct = kf.add("key_punct", key="jfi_sk_live_Az09._~+/-" + new_key("", 20) + "==")
         cls.k16 = kf.add("key_16", key=new_key("wfk_", 12))
         cls.k256 = kf.add("key_256", key=new_key("wfk_", 252))
         kf.write(nginx.path("keys.yaml"))
@@ -72,7 +72,7 @@ class SourcesTest(NginxCase):
 
     def test_key_alphabet(self):
         r = self.get("/", bearer(self.kpunct))
-        self.assertEqual(r.status, 200, "a key using . _ ~ + / = - is well-formed and accepted")
+        self.assertEqual(r.status, 200, "a key using . _ ~ + / - and trailing = is well-formed and accepted")
         r = self.get("/header/", xkey(self.kpunct))
         self.assertEqual(r.status, 200, "the same key through x-api-key")
 

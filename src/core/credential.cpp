@@ -29,8 +29,13 @@ std::string_view trim(std::string_view s) noexcept {
 
 bool is_well_formed_key(std::string_view key) noexcept {
     if (key.size() < kMinKeyLength || key.size() > kMaxKeyLength) return false;
-    for (char c : key) {
-        if (!kB64Token[static_cast<unsigned char>(c)]) return false;
+    // RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+    std::size_t end = key.size();
+    while (end > 0 && key[end - 1] == '=') end--;
+    if (end == 0) return false;
+    for (std::size_t i = 0; i < end; i++) {
+        const char c = key[i];
+        if (c == '=' || !kB64Token[static_cast<unsigned char>(c)]) return false;
     }
     return true;
 }

@@ -7,7 +7,8 @@
 namespace apikey {
 
 // Bounds on a presented key. Longer or shorter values, or any byte outside
-// RFC 6750's b64token alphabet, are refused before hashing.
+// RFC 6750's b64token form (padding '=' only at the end), are refused
+// before hashing.
 constexpr std::size_t kMinKeyLength = 16;
 constexpr std::size_t kMaxKeyLength = 256;
 

@@ -90,7 +90,16 @@ public:
         throw KeyFileError(line(mark), "YAML aliases are not allowed in a key file");
     }
 
-    void OnNull(const YAML::Mark &mark, YAML::anchor_t) override { value(mark, nullptr); }
+    // yaml-cpp marks an empty value at the token after it, often the next
+    // line; the line of its field name is the one worth reporting.
+    void OnNull(const YAML::Mark &mark, YAML::anchor_t) override {
+        YAML::Mark at = mark;
+        if (state_ == State::top_value || state_ == State::key_value ||
+            state_ == State::prefix_value || state_ == State::limit_value) {
+            at.line = static_cast<int>(name_line_) - 1;
+        }
+        value(at, nullptr);
+    }
 
     void OnScalar(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
                   const std::string &text) override {
@@ -170,6 +179,8 @@ private:
         case State::prefix_value:
         case State::limit_value:
             throw KeyFileError(line(mark), quoted(name_) + " must be a string, not " + what);
+        case State::done:
+            throw KeyFileError(line(mark), "the file holds more than one YAML document");
         default:
             throw KeyFileError(line(mark), std::string("unexpected ") + what);
         }
@@ -200,6 +211,7 @@ private:
         case State::limits:
             if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
             name_ = *text;
+            name_line_ = line(mark);
             state_ = state_ == State::prefixes ? State::prefix_value : State::limit_value;
             return;
         case State::top_value:
@@ -226,7 +238,7 @@ private:
         case State::keys:
             unexpected(mark, text ? "a single value" : "null");
         case State::done:
-            throw KeyFileError(line(mark), "unexpected content after the top-level map");
+            throw KeyFileError(line(mark), "the file holds more than one YAML document");
         }
     }
 
@@ -240,6 +252,7 @@ private:
         if (seen & bit) throw KeyFileError(line(mark), "duplicate field " + quoted(*text));
         seen |= bit;
         name_ = *text;
+        name_line_ = line(mark);
         state_ = next;
     }
 
@@ -371,6 +384,7 @@ private:
     State state_ = State::start;
     Field field_ = Field::none;
     std::string name_;
+    std::uint32_t name_line_ = 1;
     KeySpec spec_;
     unsigned seen_fields_ = 0;
     unsigned seen_top_fields_ = 0;

@@ -49,7 +49,7 @@ std::size_t write_error_body(char *out, Outcome outcome, std::string_view reques
         put(info.message_tail);
     }
     put(R"("},"request_id":")");
-    put_escaped(request_id.substr(0, 64));
+    put_escaped(request_id.substr(0, kMaxRequestId));
     put("\"}\n");
     return static_cast<std::size_t>(p - out);
 }

@@ -35,8 +35,10 @@ const OutcomeInfo &describe(Outcome outcome) noexcept;
 
 // Largest detail written into a message (a scope name is at most 128 bytes).
 constexpr std::size_t kMaxDetail = 128;
-// Enough for the longest envelope with a fully escaped detail.
-constexpr std::size_t kMaxErrorBody = 1280;
+// Enough for the longest envelope: fixed text, the longest message, and a
+// detail and request id escaped at six bytes per input byte.
+constexpr std::size_t kMaxRequestId = 64;
+constexpr std::size_t kMaxErrorBody = 256 + 6 * kMaxDetail + 6 * kMaxRequestId;
 
 // Writes the JSON envelope into out (kMaxErrorBody bytes) and returns its
 // length. The detail (e.g. the missing scope) is cut to kMaxDetail bytes.

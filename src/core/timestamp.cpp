@@ -71,7 +71,7 @@ std::optional<std::int64_t> parse_timestamp(std::string_view s) noexcept {
     if (pos < s.size() && s[pos] == '.') {
         std::size_t start = ++pos;
         while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9') pos++;
-        if (pos == start || pos - start > 9) return std::nullopt;
+        if (pos == start) return std::nullopt;
     }
     if (pos == s.size()) return std::nullopt;  // a zone is required: no guessing local time
     if ((s[pos] == 'Z' || s[pos] == 'z') && pos + 1 == s.size()) return seconds;

@@ -71,7 +71,8 @@ private:
     // Where yaml-cpp places an empty value: at the next token.
     YAML::Mark next_token_mark() const {
         if (has_line_) return mark(line_.number, line_.indent, line_.pos);
-        return mark(line_count_, 0, text_.size());
+        const bool ends_with_newline = text_.empty() || text_.back() == '\n';
+        return mark(ends_with_newline ? line_count_ : line_count_ - 1, 0, text_.size());
     }
 
     // Moves to the next line that holds content; blank lines and full-line

@@ -1,0 +1,68 @@
+// "Nr/s", "Nr/m", "Nr/h" rates of api_key_limit and the key file's limits.
+#include <gtest/gtest.h>
+
+#include "core/rate.h"
+
+namespace apikey {
+namespace {
+
+void expect_rate(const char *text, std::uint32_t count, std::uint32_t period) {
+    auto rate = parse_rate(text);
+    ASSERT_TRUE(rate) << text;
+    EXPECT_EQ(rate->count, count) << text;
+    EXPECT_EQ(rate->period_seconds, period) << text;
+}
+
+// The former smoke test.
+TEST(Rate, ParsesPerMinute) {
+    auto rate = parse_rate("200r/m");
+    ASSERT_TRUE(rate);
+    EXPECT_EQ(rate->count, 200u);
+    EXPECT_EQ(rate->period_seconds, 60u);
+}
+
+TEST(Rate, ParsesEachUnit) {
+    expect_rate("1r/s", 1, 1);
+    expect_rate("10r/s", 10, 1);
+    expect_rate("500r/m", 500, 60);
+    expect_rate("1000r/m", 1000, 60);
+    expect_rate("5r/h", 5, 3600);
+    expect_rate("86400r/h", 86400, 3600);
+}
+
+TEST(Rate, LeadingZerosAreJustDigits) { expect_rate("007r/m", 7, 60); }
+
+TEST(Rate, ZeroIsRejected) {
+    EXPECT_FALSE(parse_rate("0r/s"));
+    EXPECT_FALSE(parse_rate("0r/m"));
+    EXPECT_FALSE(parse_rate("000r/h"));
+}
+
+TEST(Rate, UpperBoundIsOneBillion) {
+    expect_rate("1000000000r/s", 1000000000, 1);
+    EXPECT_FALSE(parse_rate("1000000001r/s"));
+    EXPECT_FALSE(parse_rate("4294967295r/s"));   // UINT32_MAX
+    EXPECT_FALSE(parse_rate("4294967296r/s"));   // UINT32_MAX + 1 must not wrap to 0
+    EXPECT_FALSE(parse_rate("4294967297r/s"));   // ... or to 1
+    EXPECT_FALSE(parse_rate("18446744073709551617r/m"));  // 2^64 + 1 must not wrap
+    EXPECT_FALSE(parse_rate(std::string(1000, '9') + "r/h"));
+}
+
+TEST(Rate, MissingR) {
+    EXPECT_FALSE(parse_rate("10/s"));
+    EXPECT_FALSE(parse_rate("10/m"));
+    EXPECT_FALSE(parse_rate("10s"));
+    EXPECT_FALSE(parse_rate("10"));
+}
+
+TEST(Rate, Garbage) {
+    for (const char *text :
+         {"", "r/s", "r/m", "abc", "10r", "10r/", "10r/d", "10r/S", "10R/s", "10r/sec",
+          "10r/ss", "10r/mm", "10rs", "10r\\s", " 10r/s", "10r/s ", "10 r/s", "+10r/s",
+          "-10r/s", "1.5r/s", "1e3r/s", "0x10r/s", "10r/ s", "10r//s"}) {
+        EXPECT_FALSE(parse_rate(text)) << '"' << text << '"';
+    }
+}
+
+}  // namespace
+}  // namespace apikey
