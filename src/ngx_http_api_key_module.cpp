@@ -13,13 +13,16 @@ extern "C" {
 #include <cstring>
 #include <exception>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/access_policy.h"
+#include "core/counter_table.h"
 #include "core/credential.h"
 #include "core/key_file.h"
+#include "core/limit_policy.h"
 #include "core/outcome.h"
 #include "core/request_id.h"
 
@@ -45,8 +48,24 @@ struct KeyZone {
     apikey::KeyTable table() const noexcept { return apikey::KeyTable(shared_image); }
 };
 
+// One api_key_limit_zone: rate-limit counters that outlive reloads.
+struct LimitZone {
+    ngx_str_t name;
+    apikey::CounterTable table;
+    ngx_msec_t warned_at;  // per worker: a full zone is logged at most every 10 s
+};
+
+// Distinguishes limit zones from key zones among nginx's shared zones.
+int limit_zone_tag;
+
 struct Source {
     ngx_str_t header;  // lower case; empty for "bearer"
+};
+
+struct LimitConf {
+    ngx_shm_zone_t *zone;
+    ngx_str_t category;
+    apikey::Rate rate;
 };
 
 struct ScopeRuleConf {
@@ -62,6 +81,9 @@ struct ApiKeyLocConf {
     ngx_uint_t environment;
     ngx_flag_t dry_run;
     ngx_flag_t hide_credentials;
+    ngx_array_t *limits;      // of LimitConf
+    ngx_str_t limit_category; // empty: auto
+    ngx_uint_t limit_by;
     ngx_str_t realm;
     ngx_str_t challenge;           // WWW-Authenticate when no key was sent
     ngx_str_t challenge_invalid;   // ... and when one was
@@ -81,6 +103,18 @@ struct RequestCtx {
     apikey::Environment environment;
     const apikey::KeyRecord *record;
     const KeyZone *zone;
+    bool dry_run;
+    bool limited;  // a limit applied: rate-limit headers and $api_key_limit_remaining
+    apikey::WindowDecision limit;
+    char limit_detail[apikey::kMaxLimitDetail];
+    size_t limit_detail_len;
+};
+
+ngx_conf_enum_t limit_by_values[] = {
+    {ngx_string("key"), static_cast<ngx_uint_t>(apikey::LimitBy::key)},
+    {ngx_string("owner"), static_cast<ngx_uint_t>(apikey::LimitBy::owner)},
+    {ngx_string("organization"), static_cast<ngx_uint_t>(apikey::LimitBy::organization)},
+    {ngx_null_string, 0},
 };
 
 ngx_conf_enum_t environment_values[] = {
@@ -392,6 +426,110 @@ char *api_key_plans(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     return conf_ok();
 }
 
+ngx_int_t init_limit_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
+    auto *zone = static_cast<LimitZone *>(shm_zone->data);
+    auto *shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
+
+    // A reload with the same name and size hands over the previous zone:
+    // its counters stay, and every worker, old or new, keeps using them.
+    if (data != nullptr) {
+        zone->table = static_cast<LimitZone *>(data)->table;
+        return NGX_OK;
+    }
+
+    // Otherwise the whole zone (but the slab pool's own bookkeeping) becomes one table.
+    for (ngx_uint_t pages = shpool->pfree; pages > 0; pages--) {
+        size_t bytes = pages * ngx_pagesize;
+        void *memory = ngx_slab_alloc(shpool, bytes);
+        if (memory == nullptr) continue;
+        zone->table = apikey::CounterTable::format(memory, bytes);
+        shpool->data = memory;
+        return NGX_OK;
+    }
+    ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "api_key_limit_zone \"%V\" is too small",
+                  &shm_zone->shm.name);
+    return NGX_ERROR;
+}
+
+// api_key_limit_zone NAME:SIZE;
+char *api_key_limit_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    std::string_view arg = to_view(value[1]);
+    size_t colon = arg.find(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone \"%V\"", &value[1]);
+        return conf_error();
+    }
+    ngx_str_t name = {colon, value[1].data};
+    ngx_str_t size_text = {arg.size() - colon - 1, value[1].data + colon + 1};
+    ssize_t size = ngx_parse_size(&size_text);
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &value[1]);
+        return conf_error();
+    }
+    if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &value[1]);
+        return conf_error();
+    }
+
+    ngx_shm_zone_t *shm_zone = ngx_shared_memory_add(cf, &name, size, &limit_zone_tag);
+    if (shm_zone == nullptr) return conf_error();
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"", &name);
+        return conf_error();
+    }
+    auto *zone = static_cast<LimitZone *>(ngx_pcalloc(cf->pool, sizeof(LimitZone)));
+    if (zone == nullptr) return conf_error();
+    zone->name = name;
+    shm_zone->data = zone;
+    shm_zone->init = init_limit_zone;
+    return conf_ok();
+}
+
+// api_key_limit ZONE CATEGORY RATE;
+char *api_key_limit(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+
+    if (lcf->limits == NGX_CONF_UNSET_PTR) {
+        lcf->limits = ngx_array_create(cf->pool, 4, sizeof(LimitConf));
+        if (lcf->limits == nullptr) return conf_error();
+    }
+    if (!is_identifier(value[2])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid category \"%V\"", &value[2]);
+        return conf_error();
+    }
+    std::optional<apikey::Rate> rate = apikey::parse_rate(to_view(value[3]));
+    if (!rate) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid rate \"%V\"", &value[3]);
+        return conf_error();
+    }
+    auto *limit = static_cast<LimitConf *>(ngx_array_push(lcf->limits));
+    if (limit == nullptr) return conf_error();
+    limit->zone = ngx_shared_memory_add(cf, &value[1], 0, &limit_zone_tag);
+    if (limit->zone == nullptr) return conf_error();
+    limit->category = value[2];
+    limit->rate = *rate;
+    return conf_ok();
+}
+
+// api_key_limit_category auto | NAME;
+char *api_key_limit_category(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    if (lcf->limit_category.data != nullptr) return conf_message("is duplicate");
+    if (to_view(value[1]) == "auto") {
+        lcf->limit_category = {0, reinterpret_cast<u_char *>(const_cast<char *>(""))};
+        return conf_ok();
+    }
+    if (!is_identifier(value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid category \"%V\"", &value[1]);
+        return conf_error();
+    }
+    lcf->limit_category = value[1];
+    return conf_ok();
+}
+
 ngx_command_t commands[] = {
     {ngx_string("api_key_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_zone, 0, 0,
      nullptr},
@@ -418,6 +556,18 @@ ngx_command_t commands[] = {
     {ngx_string("api_key_realm"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_str_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, realm), nullptr},
+    {ngx_string("api_key_limit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, api_key_limit_zone,
+     0, 0, nullptr},
+    {ngx_string("api_key_limit"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE3, api_key_limit,
+     NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_limit_category"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     api_key_limit_category, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
+    {ngx_string("api_key_limit_by"),
+     NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+     ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_by),
+     limit_by_values},
     {ngx_string("api_key_hide_credentials"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
@@ -435,6 +585,8 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept {
     conf->environment = NGX_CONF_UNSET_UINT;
     conf->dry_run = NGX_CONF_UNSET;
     conf->hide_credentials = NGX_CONF_UNSET;
+    conf->limits = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
+    conf->limit_by = NGX_CONF_UNSET_UINT;
     return conf;
 }
 
@@ -473,6 +625,10 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_value(conf->hide_credentials, prev->hide_credentials, 1);
     ngx_conf_merge_str_value(conf->realm, prev->realm, "api");
+    ngx_conf_merge_ptr_value(conf->limits, prev->limits, nullptr);
+    ngx_conf_merge_str_value(conf->limit_category, prev->limit_category, "");
+    ngx_conf_merge_uint_value(conf->limit_by, prev->limit_by,
+                              static_cast<ngx_uint_t>(apikey::LimitBy::key));
 
     if (conf->sources == nullptr) {
         conf->sources = ngx_array_create(cf->pool, 1, sizeof(Source));
@@ -598,6 +754,12 @@ ngx_table_elt_t *add_header(ngx_http_request_t *r, std::string_view name,
     return h;
 }
 
+ngx_str_t number(ngx_http_request_t *r, std::uint64_t value) noexcept {
+    auto *p = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+    if (p == nullptr) return ngx_null_string;
+    return {static_cast<size_t>(ngx_sprintf(p, "%uL", value) - p), p};
+}
+
 // The one place every refusal goes through: the SPEC's envelope as JSON.
 ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx,
                        const apikey::Verdict &verdict, bool key_sent) noexcept {
@@ -619,6 +781,12 @@ ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const Re
 
     static const ngx_str_t no_store = ngx_string("no-store");
     if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (verdict.outcome == Outcome::rate_limited) {
+        ngx_str_t retry = number(r, ctx->limit.retry_after_s);
+        if (retry.data == nullptr || add_header(r, "Retry-After", retry) == nullptr) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
     if (info.status == NGX_HTTP_UNAUTHORIZED) {
         r->headers_out.www_authenticate =
             add_header(r, "WWW-Authenticate", key_sent ? lcf->challenge_invalid : lcf->challenge);
@@ -697,8 +865,68 @@ RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept
     return ctx;
 }
 
+void warn_zone_full(ngx_http_request_t *r, LimitZone *zone) noexcept {
+    if (zone->warned_at != 0 && ngx_current_msec - zone->warned_at < 10000) return;
+    zone->warned_at = ngx_current_msec ? ngx_current_msec : 1;
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "api_key_limit_zone \"%V\" is full: an active counter was evicted, "
+                  "so its key may get more than its limit; make the zone larger",
+                  &zone->name);
+}
+
+// Every configured limit of the request's category, in order. A refusal by
+// one takes back what the earlier ones counted: refused requests spend nothing.
+Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
+    constexpr size_t kMaxLimits = 8;
+    struct Counted {
+        LimitZone *zone;
+        std::uint64_t budget;
+        apikey::CounterResult result;
+    } counted[kMaxLimits];
+    size_t n = 0;
+
+    const apikey::KeyTable table = ctx->zone->table();
+    const std::string_view category =
+        apikey::request_category(to_view(lcf->limit_category), method_of(r));
+    char kind;
+    const std::string_view holder = apikey::budget_holder(
+        table, *ctx->record, static_cast<apikey::LimitBy>(lcf->limit_by), kind);
+    const bool commit = !lcf->dry_run;
+
+    for (const LimitConf &limit : items<LimitConf>(lcf->limits)) {
+        if (to_view(limit.category) != category || n == kMaxLimits) continue;
+        auto *zone = static_cast<LimitZone *>(limit.zone->data);
+        const apikey::Rate rate = apikey::effective_rate(table, *ctx->record, category, limit.rate);
+        const apikey::WindowLimit window{rate.count, rate.period_seconds * 1000};
+        const std::uint64_t budget = apikey::budget_id(kind, holder, category, window.period_ms);
+        apikey::CounterResult result =
+            zone->table.consume(budget, window, static_cast<std::int64_t>(ngx_current_msec),
+                                commit, static_cast<std::uint32_t>(ngx_pid));
+        if (result.evicted_active) warn_zone_full(r, zone);
+
+        // The headers report the limit closest to refusing.
+        if (!ctx->limited || !result.decision.allowed ||
+            result.decision.remaining < ctx->limit.remaining) {
+            ctx->limit = result.decision;
+            ctx->limited = true;
+            ctx->limit_detail_len = apikey::describe_limit(ctx->limit_detail, rate, category);
+        }
+        if (!result.decision.allowed) {
+            if (commit) {
+                for (size_t i = 0; i < n; i++) {
+                    counted[i].zone->table.refund(counted[i].result, counted[i].budget,
+                                                  static_cast<std::uint32_t>(ngx_pid));
+                }
+            }
+            return Outcome::rate_limited;
+        }
+        counted[n++] = {zone, budget, result};
+    }
+    return Outcome::accepted;
+}
+
 // extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
-// scopes -> accept, every refusal through send_refusal.
+// scopes -> limits -> accept, every refusal through send_refusal.
 ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
     auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
     if (lcf->zone == nullptr) return NGX_DECLINED;
@@ -718,8 +946,16 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
     } else {
         verdict.outcome = ctx->presented;
     }
-    ctx->outcome = verdict.outcome;
     ctx->record = verdict.record;
+    ctx->limited = false;
+    ctx->dry_run = lcf->dry_run;
+    if (verdict.outcome == Outcome::accepted && lcf->limits != nullptr) {
+        verdict.outcome = apply_limits(r, lcf, ctx);
+        if (verdict.outcome == Outcome::rate_limited) {
+            verdict.missing_scope = std::string_view(ctx->limit_detail, ctx->limit_detail_len);
+        }
+    }
+    ctx->outcome = verdict.outcome;
 
     if (verdict.outcome != Outcome::accepted) {
         log_refusal(r, lcf, ctx);
@@ -740,6 +976,17 @@ ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
     if (ctx != nullptr) {
         ngx_str_t id = {apikey::kRequestIdLength, reinterpret_cast<u_char *>(ctx->request_id)};
         if (add_header(r, "X-Request-Id", id) == nullptr) return NGX_ERROR;
+        if (ctx->limited && !ctx->dry_run) {
+            const std::pair<std::string_view, std::uint64_t> headers[] = {
+                {"X-RateLimit-Limit", ctx->limit.limit},
+                {"X-RateLimit-Remaining", ctx->limit.allowed ? ctx->limit.remaining : 0},
+                {"X-RateLimit-Reset", ctx->limit.reset_s},
+            };
+            for (const auto &[name, value] : headers) {
+                ngx_str_t text = number(r, value);
+                if (text.data == nullptr || add_header(r, name, text) == nullptr) return NGX_ERROR;
+            }
+        }
     }
     return next_header_filter(r);
 }
@@ -747,7 +994,7 @@ ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
 // --- variables ----------------------------------------------------------------
 
 enum class Var : uintptr_t {
-    id, owner, organization_id, plan, environment, scopes, error, request_id,
+    id, owner, organization_id, plan, environment, scopes, error, request_id, limit_remaining,
 };
 
 void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
@@ -814,6 +1061,13 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
     case Var::scopes:
         if (rec) return scopes_value(r, v, table, rec->scopes);
         break;
+    case Var::limit_remaining:
+        if (ctx->limited) {
+            ngx_str_t text = number(r, ctx->limit.allowed ? ctx->limit.remaining : 0);
+            if (text.data == nullptr) return NGX_ERROR;
+            set_value(v, to_view(text));
+        }
+        break;
     }
     return NGX_OK;
 }
@@ -828,6 +1082,7 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
         {"api_key_scopes", Var::scopes},
         {"api_key_error", Var::error},
         {"api_key_request_id", Var::request_id},
+        {"api_key_limit_remaining", Var::limit_remaining},
     };
     for (const auto &[name, which] : vars) {
         ngx_str_t n = literal(name);
@@ -839,13 +1094,19 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
     return NGX_OK;
 }
 
-// Every zone named by "api_key" must have been declared by "api_key_zone".
+// Every zone named by "api_key" or "api_key_limit" must have been declared.
 ngx_int_t check_zones(ngx_conf_t *cf) noexcept {
     for (ngx_list_part_t *part = &cf->cycle->shared_memory.part; part; part = part->next) {
         auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
         for (ngx_uint_t i = 0; i < part->nelts; i++) {
-            if (zones[i].tag == &ngx_http_api_key_module && zones[i].data == nullptr) {
+            if (zones[i].data != nullptr) continue;
+            if (zones[i].tag == &ngx_http_api_key_module) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_zone \"%V\"",
+                                   &zones[i].shm.name);
+                return NGX_ERROR;
+            }
+            if (zones[i].tag == &limit_zone_tag) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_limit_zone \"%V\"",
                                    &zones[i].shm.name);
                 return NGX_ERROR;
             }

@@ -1,0 +1,224 @@
+#include "counter_table.h"
+
+#include <sched.h>
+#include <signal.h>
+
+#include <cerrno>
+#include <new>
+
+namespace apikey {
+
+namespace {
+
+constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
+constexpr std::uint32_t kCounterLayout = 1;
+
+std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
+
+// A spin lock whose word holds the owner's pid. The critical sections it
+// guards are a few dozen instructions, so waiting is spinning; a holder that
+// died (a crashed worker) would block its slot forever, so after a while a
+// waiter checks the owner and takes the lock over if it is gone.
+void lock(std::uint32_t *word, std::uint32_t self) noexcept {
+    for (unsigned spins = 1;; spins++) {
+        std::uint32_t expected = 0;
+        if (__atomic_compare_exchange_n(word, &expected, self, false, __ATOMIC_ACQUIRE,
+                                        __ATOMIC_RELAXED)) {
+            return;
+        }
+        if (spins % 1024 == 0) {
+            std::uint32_t holder = __atomic_load_n(word, __ATOMIC_RELAXED);
+            if (holder != 0 && holder != self && kill(static_cast<pid_t>(holder), 0) == -1 &&
+                errno == ESRCH &&
+                __atomic_compare_exchange_n(word, &holder, self, false, __ATOMIC_ACQUIRE,
+                                            __ATOMIC_RELAXED)) {
+                return;
+            }
+            sched_yield();
+        } else {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    }
+}
+
+void unlock(std::uint32_t *word) noexcept { __atomic_store_n(word, 0, __ATOMIC_RELEASE); }
+
+std::uint64_t load_budget(const CounterSlot &slot) noexcept {
+    return __atomic_load_n(&slot.budget, __ATOMIC_ACQUIRE);
+}
+
+}  // namespace
+
+std::uint64_t budget_id(char kind, std::string_view who, std::string_view category,
+                        std::uint32_t period_ms) noexcept {
+    // FNV-1a over the parts with separators, then a final avalanche.
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    auto mix = [&h](unsigned char c) {
+        h ^= c;
+        h *= 0x100000001b3ull;
+    };
+    mix(static_cast<unsigned char>(kind));
+    for (char c : who) mix(static_cast<unsigned char>(c));
+    mix(0);
+    for (char c : category) mix(static_cast<unsigned char>(c));
+    mix(0);
+    for (int i = 0; i < 4; i++) mix(static_cast<unsigned char>(period_ms >> (8 * i)));
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h != 0 ? h : 1;
+}
+
+std::size_t CounterTable::capacity_for(std::size_t bytes) noexcept {
+    const std::size_t head = align_up(sizeof(CounterTableHeader), alignof(CounterSlot));
+    return bytes > head ? (bytes - head) / sizeof(CounterSlot) : 0;
+}
+
+CounterTable CounterTable::format(void *memory, std::size_t bytes) noexcept {
+    auto *header = new (memory) CounterTableHeader{};
+    header->magic = kCounterMagic;
+    header->layout_version = kCounterLayout;
+    header->capacity = capacity_for(bytes);
+    auto *slots = reinterpret_cast<CounterSlot *>(
+        static_cast<unsigned char *>(memory) +
+        align_up(sizeof(CounterTableHeader), alignof(CounterSlot)));
+    for (std::uint64_t i = 0; i < header->capacity; i++) new (&slots[i]) CounterSlot{};
+    return CounterTable(header, slots);
+}
+
+CounterTable CounterTable::adopt(void *memory, std::size_t bytes) noexcept {
+    auto *header = static_cast<CounterTableHeader *>(memory);
+    if (header->magic != kCounterMagic || header->layout_version != kCounterLayout ||
+        header->capacity != capacity_for(bytes)) {
+        return {};
+    }
+    auto *slots = reinterpret_cast<CounterSlot *>(
+        static_cast<unsigned char *>(memory) +
+        align_up(sizeof(CounterTableHeader), alignof(CounterSlot)));
+    return CounterTable(header, slots);
+}
+
+std::uint64_t CounterTable::evicted_active() const noexcept {
+    return __atomic_load_n(&header_->evicted_active, __ATOMIC_RELAXED);
+}
+
+std::uint64_t CounterTable::home(std::uint64_t budget) const noexcept {
+    // Multiply-shift maps the id onto [0, capacity) without a division.
+    return static_cast<std::uint64_t>(
+        (static_cast<unsigned __int128>(budget) * header_->capacity) >> 64);
+}
+
+// Slots are filled in probe order and never emptied again (only reassigned),
+// so a budget, if present, is before the first never-used slot.
+CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint32_t self) noexcept {
+    const std::uint64_t cap = header_->capacity;
+    const std::uint64_t start = home(budget);
+    for (unsigned i = 0; i < kProbe && i < cap; i++) {
+        CounterSlot &slot = slots_[(start + i) % cap];
+        const std::uint64_t b = load_budget(slot);
+        if (b == 0) return nullptr;
+        if (b != budget) continue;
+        lock(&slot.lock, self);
+        if (slot.budget == budget) return &slot;
+        unlock(&slot.lock);  // reassigned between the look and the lock
+        return nullptr;
+    }
+    return nullptr;
+}
+
+// Under the claim lock: an empty slot, else one whose window has emptied,
+// else the least recently used (an active counter is lost: reported).
+CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
+                                        std::int64_t now_ms, std::uint32_t self,
+                                        bool &evicted_active) noexcept {
+    const std::uint64_t cap = header_->capacity;
+    const std::uint64_t start = home(budget);
+    CounterSlot *idle = nullptr;    // first empty or expired slot, kept locked
+    CounterSlot *oldest = nullptr;  // least recently used active slot, kept locked
+    auto release = [](CounterSlot *s) {
+        if (s != nullptr) unlock(&s->lock);
+    };
+    for (unsigned i = 0; i < kProbe && i < cap; i++) {
+        CounterSlot &slot = slots_[(start + i) % cap];
+        lock(&slot.lock, self);
+        if (slot.budget == budget) {  // created while we waited for the claim lock
+            release(idle);
+            release(oldest);
+            return &slot;
+        }
+        const bool empty = slot.budget == 0;
+        if (empty || window_idle(slot.window, {0, slot.period_ms}, now_ms)) {
+            if (idle == nullptr) {
+                idle = &slot;
+            } else {
+                unlock(&slot.lock);
+            }
+            if (empty) break;  // nothing was ever stored beyond a never-used slot
+            continue;
+        }
+        if (oldest == nullptr || slot.last_used_ms < oldest->last_used_ms) {
+            release(oldest);
+            oldest = &slot;
+        } else {
+            unlock(&slot.lock);
+        }
+    }
+    CounterSlot *chosen = idle;
+    if (chosen != nullptr) {
+        release(oldest);
+    } else {
+        chosen = oldest;
+        if (chosen == nullptr) return nullptr;  // a table without slots
+        evicted_active = true;
+        __atomic_fetch_add(&header_->evicted_active, 1, __ATOMIC_RELAXED);
+    }
+    chosen->period_ms = limit.period_ms;
+    chosen->last_used_ms = now_ms;
+    window_reset(chosen->window);
+    __atomic_store_n(&chosen->budget, budget, __ATOMIC_RELEASE);
+    return chosen;
+}
+
+CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
+                                    bool commit, std::uint32_t self) noexcept {
+    CounterResult r{};
+    CounterSlot *slot = find_locked(budget, self);
+    if (slot == nullptr) {
+        if (!commit) {
+            // A dry run never creates counters: an unknown budget is unused.
+            WindowState empty{};
+            r.decision = window_consume(empty, limit, now_ms, false);
+            r.slot = ~std::uint64_t{0};
+            return r;
+        }
+        lock(&header_->claim_lock, self);
+        slot = find_locked(budget, self);
+        if (slot == nullptr) slot = claim_locked(budget, limit, now_ms, self, r.evicted_active);
+        unlock(&header_->claim_lock);
+        if (slot == nullptr) {
+            r.decision.allowed = false;
+            r.decision.limit = limit.count;
+            r.decision.retry_after_s = 1;
+            r.slot = ~std::uint64_t{0};
+            return r;
+        }
+    }
+    r.decision = window_consume(slot->window, limit, now_ms, commit);
+    if (commit) slot->last_used_ms = now_ms;
+    r.slot = static_cast<std::uint64_t>(slot - slots_);
+    unlock(&slot->lock);
+    return r;
+}
+
+void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
+                          std::uint32_t self) noexcept {
+    if (result.slot >= header_->capacity || !result.decision.allowed) return;
+    CounterSlot &slot = slots_[result.slot];
+    lock(&slot.lock, self);
+    if (slot.budget == budget) window_refund(slot.window, result.decision.bucket);
+    unlock(&slot.lock);
+}
+
+}  // namespace apikey
