@@ -106,8 +106,9 @@ struct RequestCtx {
     bool dry_run;
     bool limited;  // a limit applied: rate-limit headers and $api_key_limit_remaining
     apikey::WindowDecision limit;
-    char limit_detail[apikey::kMaxLimitDetail];
-    size_t limit_detail_len;
+    apikey::Rate limit_rate;          // of the limit reported, for the 429 message
+    std::string_view limit_category;  // points into the location's configuration
+    u_char numbers[4][NGX_INT64_LEN];  // header values, written without the pool
 };
 
 ngx_conf_enum_t limit_by_values[] = {
@@ -754,24 +755,36 @@ ngx_table_elt_t *add_header(ngx_http_request_t *r, std::string_view name,
     return h;
 }
 
-ngx_str_t number(ngx_http_request_t *r, std::uint64_t value) noexcept {
-    auto *p = static_cast<u_char *>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
-    if (p == nullptr) return ngx_null_string;
-    return {static_cast<size_t>(ngx_sprintf(p, "%uL", value) - p), p};
+// Decimal digits into a caller's buffer: the rate-limit headers are on the
+// accept path, where ngx_sprintf and a pool allocation per header add up.
+ngx_str_t number(u_char (&buf)[NGX_INT64_LEN], std::uint64_t value) noexcept {
+    u_char *end = buf + NGX_INT64_LEN;
+    u_char *p = end;
+    do {
+        *--p = static_cast<u_char>('0' + value % 10);
+        value /= 10;
+    } while (value != 0 && p > buf);
+    return {static_cast<size_t>(end - p), p};
 }
 
 // The one place every refusal goes through: the SPEC's envelope as JSON.
-ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx,
+ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
                        const apikey::Verdict &verdict, bool key_sent) noexcept {
     const apikey::OutcomeInfo &info = apikey::describe(verdict.outcome);
 
     if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
+    char limit_detail[apikey::kMaxLimitDetail];
+    std::string_view detail = verdict.missing_scope;
+    if (verdict.outcome == Outcome::rate_limited) {
+        detail = {limit_detail,
+                  apikey::describe_limit(limit_detail, ctx->limit_rate, ctx->limit_category)};
+    }
     auto *body = static_cast<u_char *>(ngx_pnalloc(r->pool, apikey::kMaxErrorBody));
     if (body == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     size_t len = apikey::write_error_body(
         reinterpret_cast<char *>(body), verdict.outcome,
-        std::string_view(ctx->request_id, apikey::kRequestIdLength), verdict.missing_scope);
+        std::string_view(ctx->request_id, apikey::kRequestIdLength), detail);
 
     r->headers_out.status = info.status;
     r->headers_out.content_length_n = static_cast<off_t>(len);
@@ -782,8 +795,8 @@ ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const Re
     static const ngx_str_t no_store = ngx_string("no-store");
     if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     if (verdict.outcome == Outcome::rate_limited) {
-        ngx_str_t retry = number(r, ctx->limit.retry_after_s);
-        if (retry.data == nullptr || add_header(r, "Retry-After", retry) == nullptr) {
+        ngx_str_t retry = number(ctx->numbers[3], ctx->limit.retry_after_s);
+        if (add_header(r, "Retry-After", retry) == nullptr) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -845,8 +858,7 @@ RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
     if (cln == nullptr) return nullptr;
     cln->handler = ctx_marker;
-    auto *ctx = static_cast<RequestCtx *>(cln->data);
-    ngx_memzero(ctx, sizeof(RequestCtx));
+    auto *ctx = new (cln->data) RequestCtx{};
     ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
     request_ids.next(ctx->request_id);
 
@@ -909,7 +921,8 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
             result.decision.remaining < ctx->limit.remaining) {
             ctx->limit = result.decision;
             ctx->limited = true;
-            ctx->limit_detail_len = apikey::describe_limit(ctx->limit_detail, rate, category);
+            ctx->limit_rate = rate;
+            ctx->limit_category = category;
         }
         if (!result.decision.allowed) {
             if (commit) {
@@ -951,9 +964,6 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
     ctx->dry_run = lcf->dry_run;
     if (verdict.outcome == Outcome::accepted && lcf->limits != nullptr) {
         verdict.outcome = apply_limits(r, lcf, ctx);
-        if (verdict.outcome == Outcome::rate_limited) {
-            verdict.missing_scope = std::string_view(ctx->limit_detail, ctx->limit_detail_len);
-        }
     }
     ctx->outcome = verdict.outcome;
 
@@ -982,9 +992,9 @@ ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
                 {"X-RateLimit-Remaining", ctx->limit.allowed ? ctx->limit.remaining : 0},
                 {"X-RateLimit-Reset", ctx->limit.reset_s},
             };
-            for (const auto &[name, value] : headers) {
-                ngx_str_t text = number(r, value);
-                if (text.data == nullptr || add_header(r, name, text) == nullptr) return NGX_ERROR;
+            for (size_t i = 0; i < 3; i++) {
+                ngx_str_t text = number(ctx->numbers[i], headers[i].second);
+                if (add_header(r, headers[i].first, text) == nullptr) return NGX_ERROR;
             }
         }
     }
@@ -1063,9 +1073,10 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
         break;
     case Var::limit_remaining:
         if (ctx->limited) {
-            ngx_str_t text = number(r, ctx->limit.allowed ? ctx->limit.remaining : 0);
-            if (text.data == nullptr) return NGX_ERROR;
-            set_value(v, to_view(text));
+            auto *buf = static_cast<u_char(*)[NGX_INT64_LEN]>(
+                ngx_pnalloc(r->pool, NGX_INT64_LEN));
+            if (buf == nullptr) return NGX_ERROR;
+            set_value(v, to_view(number(*buf, ctx->limit.allowed ? ctx->limit.remaining : 0)));
         }
         break;
     }
