@@ -25,6 +25,7 @@ extern "C" {
 #include "core/limit_policy.h"
 #include "core/outcome.h"
 #include "core/request_id.h"
+#include "core/shared_tables.h"
 
 extern "C" ngx_module_t ngx_http_api_key_module;
 
@@ -34,18 +35,30 @@ using apikey::Outcome;
 
 // --- configuration ----------------------------------------------------------
 
+// nginx's slab allocator behind the core's ZoneMemory. ngx_slab_alloc and
+// ngx_slab_free take the zone's mutex themselves; they are only used when
+// a table is installed or released, never per request.
+class SlabMemory final : public apikey::ZoneMemory {
+public:
+    ngx_slab_pool_t *pool = nullptr;
+
+    unsigned char *base() override { return reinterpret_cast<unsigned char *>(pool); }
+    void *allocate(std::size_t bytes) noexcept override { return ngx_slab_alloc(pool, bytes); }
+    void release(void *p) noexcept override { ngx_slab_free(pool, p); }
+};
+
 // One api_key_zone. Lives in the cycle pool; the table image is parsed at
 // configuration time (so nginx -t and a reload see file errors with their
-// line) and copied into the shared zone by init_zone.
+// line) and installed into the shared zone by init_zone.
 struct KeyZone {
-    std::string name;
+    ngx_str_t name;
     std::string path;
-    apikey::TableImage image;      // released once copied into the zone
-    ngx_slab_pool_t *shpool = nullptr;
-    const void *shared_image = nullptr;
-    ngx_uint_t keys = 0;
-
-    apikey::KeyTable table() const noexcept { return apikey::KeyTable(shared_image); }
+    ngx_msec_t check = 0;          // check= interval, 0 when off
+    apikey::TableImage image;      // released once installed
+    apikey::FileIdentity file;     // the version of the file in `image`
+    SlabMemory memory;
+    apikey::SharedTables shared;   // this process's view of the zone
+    ngx_event_t check_event;
 };
 
 // One api_key_limit_zone: rate-limit counters that outlive reloads.
@@ -101,8 +114,9 @@ struct RequestCtx {
     apikey::Digest digest;
     Outcome outcome;
     apikey::Environment environment;
-    const apikey::KeyRecord *record;
-    const KeyZone *zone;
+    const apikey::KeyRecord *record;  // in table_ref's table
+    KeyZone *zone;
+    apikey::SharedTables::Ref table_ref;  // held until the request's pool goes
     bool dry_run;
     bool limited;  // a limit applied: rate-limit headers and $api_key_limit_remaining
     apikey::WindowDecision limit;
@@ -177,46 +191,56 @@ T *pool_new(ngx_pool_t *pool, Args &&...args) {
     return object;
 }
 
-// Shared memory a slab pool needs around an allocation of the given size:
-// its own header and page descriptors, and whole pages for the allocation.
+// Shared memory a slab pool needs for two tables of this size (the one in
+// use and its successor, at a reload or under check=) and the zone state:
+// its own header and page descriptors, and whole pages per allocation.
 size_t zone_size_needed(size_t image_size) noexcept {
     const size_t page = ngx_pagesize;
-    const size_t pages = (image_size + page - 1) / page + 4;
+    const size_t table_pages = (apikey::shared_tables_bytes(image_size, 1) + page - 1) / page;
+    const size_t pages = 2 * table_pages + sizeof(apikey::SharedTablesState) / page + 6;
     return pages * (page + sizeof(ngx_slab_page_t)) + page;
 }
 
-ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *) noexcept {
+ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     auto *zone = static_cast<KeyZone *>(shm_zone->data);
     auto *shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
+    zone->memory.pool = shpool;
 
-    // The zone is created with noreuse: every configuration load gets fresh
-    // memory, written here once, before any worker of this cycle exists.
-    // Workers of the previous cycle keep their own mapping of the previous
-    // zone until they exit, so nothing they read is ever rewritten or freed
-    // under them; the kernel releases it when the last of them is gone.
-    void *image = ngx_slab_alloc(shpool, zone->image.size());
-    if (image == nullptr) {
+    // A reload with the same zone name and size reuses the zone (and its
+    // usage counters): the new table is installed beside the old one, and
+    // the old workers go on reading the old one, which is freed only when
+    // none of them can see it any more (see core/shared_tables.h).
+    auto *state = static_cast<apikey::SharedTablesState *>(shpool->data);
+    if (data == nullptr || !apikey::SharedTables::is_state(state)) {
+        state = apikey::SharedTables::create(zone->memory);
+        if (state == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "api_key_zone \"%V\" is too small",
+                          &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+        shpool->data = state;
+    }
+    zone->shared.attach(&zone->memory, state);
+
+    std::string error;
+    if (!zone->shared.install(zone->image, zone->file, ngx_time(), error)) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                      "api_key_zone \"%V\" is too small for \"%s\": it needs at least %uzk",
-                      &shm_zone->shm.name, zone->path.c_str(),
+                      "api_key_zone \"%V\": %s; a zone of %uzk holds two tables of this file",
+                      &shm_zone->shm.name, error.c_str(),
                       zone_size_needed(zone->image.size()) / 1024 + 1);
         return NGX_ERROR;
     }
-    std::memcpy(image, zone->image.data(), zone->image.size());
-    zone->shpool = shpool;
-    zone->shared_image = image;
-    zone->keys = zone->table().key_count();
     zone->image = apikey::TableImage();
-    shpool->data = image;
     return NGX_OK;
 }
 
-// api_key_zone NAME:SIZE file=PATH;
+// api_key_zone NAME:SIZE file=PATH [check=TIME];
 char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
     ngx_str_t name = ngx_null_string;
     ssize_t size = 0;
     ngx_str_t file = ngx_null_string;
+    ngx_msec_t check = 0;
 
     for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
         std::string_view arg = to_view(value[i]);
@@ -247,10 +271,13 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
             continue;
         }
         if (arg.substr(0, 6) == "check=") {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"check=\" is not supported by this version, "
-                               "use \"nginx -s reload\" to load a changed key file");
-            return conf_error();
+            ngx_str_t s = {value[i].len - 6, value[i].data + 6};
+            check = ngx_parse_time(&s, 0);
+            if (check == static_cast<ngx_msec_t>(NGX_ERROR) || check == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid check time \"%V\"", &value[i]);
+                return conf_error();
+            }
+            continue;
         }
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &value[i]);
         return conf_error();
@@ -271,14 +298,22 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
 
     try {
         KeyZone *zone = pool_new<KeyZone>(cf->pool);
-        zone->name = to_string(name);
+        zone->name = name;
         zone->path = to_string(file);
+        zone->check = check;
+        // The version is taken before reading: if the file changes during
+        // the read, check= sees a difference and loads it again.
+        if (!apikey::identify_file(zone->path, zone->file)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, "cannot stat \"%V\"", &file);
+            return conf_error();
+        }
         zone->image = apikey::load_key_file(zone->path);
 
         size_t needed = zone_size_needed(zone->image.size());
         if (static_cast<size_t>(size) < needed) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk",
+                               "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk "
+                               "(room for two tables, for reloads and check=)",
                                &name, &file,
                                static_cast<ngx_uint_t>(zone->image.table().key_count()),
                                needed / 1024 + 1);
@@ -293,7 +328,6 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         return conf_error();
     }
     shm_zone->init = init_key_zone;
-    shm_zone->noreuse = 1;
     return conf_ok();
 }
 
@@ -824,7 +858,7 @@ void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestC
     const apikey::OutcomeInfo &info = apikey::describe(ctx->outcome);
     ngx_str_t code = literal(info.code);
     ngx_str_t id = ngx_null_string;
-    if (ctx->record) id = literal(ctx->zone->table().text(ctx->record->id));
+    if (ctx->record) id = literal(ctx->table_ref.table.text(ctx->record->id));
     // Never the key itself: the id is public, the key is a secret.
     if (lcf->dry_run) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -836,7 +870,12 @@ void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestC
     }
 }
 
-void ctx_marker(void *) noexcept {}
+// Runs when the request's pool is destroyed, after the log phase: the
+// table the request read stays in place until then.
+void ctx_cleanup(void *data) noexcept {
+    auto *ctx = static_cast<RequestCtx *>(data);
+    if (ctx->zone != nullptr) ctx->zone->shared.release(ctx->table_ref);
+}
 
 // nginx clears module contexts on an internal redirect (index, try_files,
 // error_page); the pool cleanup entry keeps ours findable, as realip does.
@@ -844,7 +883,7 @@ RequestCtx *get_ctx(ngx_http_request_t *r) noexcept {
     auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_http_api_key_module));
     if (ctx == nullptr && (r->internal || r->filter_finalize)) {
         for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln; cln = cln->next) {
-            if (cln->handler == ctx_marker) {
+            if (cln->handler == ctx_cleanup) {
                 ctx = static_cast<RequestCtx *>(cln->data);
                 ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
                 break;
@@ -857,10 +896,12 @@ RequestCtx *get_ctx(ngx_http_request_t *r) noexcept {
 RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept {
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool, sizeof(RequestCtx));
     if (cln == nullptr) return nullptr;
-    cln->handler = ctx_marker;
     auto *ctx = new (cln->data) RequestCtx{};
+    cln->handler = ctx_cleanup;
     ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
     request_ids.next(ctx->request_id);
+    ctx->zone = static_cast<KeyZone *>(lcf->zone->data);
+    ctx->table_ref = ctx->zone->shared.acquire();
 
     apikey::KeyCollector keys = collect_key(r, lcf);
     ctx->key_sent = keys.state() != apikey::KeyCollector::State::none;
@@ -869,8 +910,8 @@ RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept
     case apikey::KeyCollector::State::malformed: ctx->presented = Outcome::invalid_key; break;
     case apikey::KeyCollector::State::multiple: ctx->presented = Outcome::multiple_keys; break;
     case apikey::KeyCollector::State::one:
-        ctx->presented = apikey::identify_key(static_cast<const KeyZone *>(lcf->zone->data)->table(),
-                                              keys.key(), ctx->environment, ctx->digest);
+        ctx->presented = apikey::identify_key(ctx->table_ref.table, keys.key(), ctx->environment,
+                                              ctx->digest);
         ctx->identified = ctx->presented == Outcome::accepted;
         break;
     }
@@ -897,7 +938,7 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
     } counted[kMaxLimits];
     size_t n = 0;
 
-    const apikey::KeyTable table = ctx->zone->table();
+    const apikey::KeyTable &table = ctx->table_ref.table;
     const std::string_view category =
         apikey::request_category(to_view(lcf->limit_category), method_of(r));
     char kind;
@@ -949,12 +990,18 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
         ctx = create_ctx(r, lcf);
         if (ctx == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-    ctx->zone = static_cast<const KeyZone *>(lcf->zone->data);
+    auto *zone = static_cast<KeyZone *>(lcf->zone->data);
+    if (ctx->zone != zone) {  // an internal redirect into a location of another zone
+        ctx->zone->shared.release(ctx->table_ref);
+        ctx->zone = zone;
+        ctx->table_ref = zone->shared.acquire();
+    }
+    if (!ctx->table_ref.table.valid()) return NGX_HTTP_INTERNAL_SERVER_ERROR;
 
     apikey::Verdict verdict;
     verdict.environment = ctx->environment;
     if (ctx->identified) {
-        verdict = lcf->policy->check_digest(ctx->zone->table(), ctx->digest, ctx->environment,
+        verdict = lcf->policy->check_digest(ctx->table_ref.table, ctx->digest, ctx->environment,
                                             method_of(r), ngx_time());
     } else {
         verdict.outcome = ctx->presented;
@@ -1049,7 +1096,7 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
 
     if (ctx->zone == nullptr) return NGX_OK;
     const apikey::KeyRecord *rec = ctx->record;
-    apikey::KeyTable table = ctx->zone->table();
+    const apikey::KeyTable &table = ctx->table_ref.table;
     switch (static_cast<Var>(data)) {
     case Var::request_id:
         set_value(v, std::string_view(ctx->request_id, apikey::kRequestIdLength));
@@ -1141,6 +1188,65 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
     return NGX_OK;
 }
 
+template <typename F>
+void for_each_key_zone(ngx_cycle_t *cycle, F &&f) noexcept {
+    for (ngx_list_part_t *part = &cycle->shared_memory.part; part; part = part->next) {
+        auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            if (zones[i].tag == &ngx_http_api_key_module && zones[i].data != nullptr) {
+                f(*static_cast<KeyZone *>(zones[i].data));
+            }
+        }
+    }
+}
+
+void record_load_failure(KeyZone &zone, const apikey::FileIdentity &file, const std::string &why,
+                         ngx_log_t *log) noexcept {
+    zone.shared.record_failure(file, ngx_time(), why);
+    ngx_log_error(NGX_LOG_ERR, log, 0,
+                  "api_key_zone \"%V\": %s; the key table loaded before stays in force",
+                  &zone.name, why.c_str());
+}
+
+// check=: one worker notices a new version of the file, loads it and swaps
+// it in for all; the others go on serving meanwhile. A version that failed
+// is reported once and not retried until the file changes again.
+void load_changed_file(KeyZone &zone, ngx_log_t *log) noexcept {
+    apikey::FileIdentity file;
+    const bool exists = apikey::identify_file(zone.path, file);
+    const apikey::SharedTablesState *state = zone.shared.state();
+    if (exists && file == state->loaded_file) return;
+    if (zone.shared.failed_for(file)) return;
+    if (!zone.shared.try_lock_loader(static_cast<std::uint32_t>(ngx_pid))) return;
+
+    if (!exists) {
+        record_load_failure(zone, file, zone.path + ": cannot stat: " + std::strerror(errno), log);
+    } else if (file != state->loaded_file) {  // not already loaded by another worker
+        try {
+            apikey::TableImage image = apikey::load_key_file(zone.path);
+            std::string error;
+            if (zone.shared.install(image, file, ngx_time(), error)) {
+                ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                              "api_key_zone \"%V\": loaded %uL keys from \"%s\" (generation %uL)",
+                              &zone.name, static_cast<uint64_t>(state->keys), zone.path.c_str(),
+                              static_cast<uint64_t>(state->generation));
+            } else {
+                record_load_failure(zone, file, error, log);
+            }
+        } catch (const std::exception &e) {
+            record_load_failure(zone, file, e.what(), log);
+        }
+    }
+    zone.shared.unlock_loader();
+}
+
+void check_timer(ngx_event_t *ev) noexcept {
+    auto *zone = static_cast<KeyZone *>(ev->data);
+    zone->shared.reclaim();
+    load_changed_file(*zone, ev->log);
+    if (!ngx_exiting && !ngx_quit && !ngx_terminate) ngx_add_timer(ev, zone->check);
+}
+
 ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
     uint64_t seed;
     if (RAND_bytes(reinterpret_cast<unsigned char *>(&seed), sizeof seed) != 1) {
@@ -1148,7 +1254,31 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
         return NGX_ERROR;
     }
     request_ids = apikey::RequestIdGenerator(seed);
-    return NGX_OK;
+
+    bool joined = true;
+    for_each_key_zone(cycle, [&](KeyZone &zone) {
+        if (!zone.shared.join(static_cast<std::uint32_t>(ngx_pid))) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                          "api_key_zone \"%V\": more than %uz processes read the zone",
+                          &zone.name, apikey::kMaxReaders);
+            joined = false;
+        }
+        if (zone.check) {
+            ngx_event_t *ev = &zone.check_event;
+            ngx_memzero(ev, sizeof(ngx_event_t));
+            ev->handler = check_timer;
+            ev->data = &zone;
+            ev->log = cycle->log;
+            ev->cancelable = 1;  // a graceful shutdown does not wait for it
+            // Workers start their checks at staggered times.
+            ngx_add_timer(ev, zone.check / 2 + ngx_random() % (zone.check / 2 + 1));
+        }
+    });
+    return joined ? NGX_OK : NGX_ERROR;
+}
+
+void exit_process(ngx_cycle_t *cycle) noexcept {
+    for_each_key_zone(cycle, [](KeyZone &zone) { zone.shared.leave(); });
 }
 
 ngx_http_module_t module_ctx = {
@@ -1174,7 +1304,7 @@ ngx_module_t ngx_http_api_key_module = {
     init_process,  // init process
     nullptr,       // init thread
     nullptr,       // exit thread
-    nullptr,       // exit process
+    exit_process,  // exit process
     nullptr,       // exit master
     NGX_MODULE_V1_PADDING,
 };

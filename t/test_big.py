@@ -26,14 +26,15 @@ HTTP = """
 
 
 def estimate_zone(n, file_bytes):
-    """A generous guess at the zone a table of n keys needs: 104-byte records,
-    a power-of-two bucket array of uint32 at load <= 1/2, the strings, plus
-    a quarter and 16 MiB of slack for allocator overhead."""
+    """A generous guess at the zone a table of n keys needs: room for two
+    tables (the one in use and the next, for reloads and check=) of 104-byte
+    records, a power-of-two bucket array of uint32 at load <= 1/2 and the
+    strings, plus a quarter and 16 MiB of slack for allocator overhead."""
     buckets = 2
     while buckets < 2 * n:
         buckets <<= 1
     strings = n * 12
-    raw = 104 * n + 4 * buckets + strings + (1 << 16)
+    raw = 2 * (104 * n + 4 * buckets + strings) + (1 << 16)
     return "%dm" % ((raw * 5 // 4 + (16 << 20)) // (1 << 20))
 
 

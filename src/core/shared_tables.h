@@ -1,0 +1,170 @@
+// Key tables in a shared memory zone that many processes read while one of
+// them swaps in a new table (a reload, or a changed file under check=).
+//
+// A table is never written after it is published and never freed while a
+// process may still read it:
+//   - Each published table carries a generation number; the zone points at
+//     the current one with a single atomic word.
+//   - Each reading process owns a slot where it publishes the oldest
+//     generation any of its in-flight requests still uses. A request first
+//     publishes the current generation as a lower bound, then loads the
+//     pointer (which can only be as new or newer), so the bound is never
+//     above what it reads.
+//   - A replaced table goes on a retired list and is freed once every live
+//     reader's published bound is above its generation. Slots of processes
+//     that died are ignored.
+// Request paths take no lock: one atomic load, a few local counters, one
+// store to the process's own slot.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "key_table.h"
+#include "table_builder.h"
+
+namespace apikey {
+
+// How a shared zone gets and returns memory (nginx's slab allocator in the
+// module, malloc in tests). Offsets are relative to base().
+class ZoneMemory {
+public:
+    virtual ~ZoneMemory() = default;
+    virtual unsigned char *base() = 0;
+    virtual void *allocate(std::size_t bytes) noexcept = 0;  // nullptr when full
+    virtual void release(void *p) noexcept = 0;
+};
+
+// What identifies a version of the key file on disk: an atomic rename
+// changes the inode, an edit in place the size or mtime.
+struct FileIdentity {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    std::uint64_t size = 0;
+    std::int64_t mtime_ns = 0;
+    bool operator==(const FileIdentity &o) const noexcept {
+        return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+    }
+    bool operator!=(const FileIdentity &o) const noexcept { return !(*this == o); }
+};
+
+// False (and errno set) when the file cannot be stat()ed.
+bool identify_file(const std::string &path, FileIdentity &out) noexcept;
+
+constexpr std::size_t kMaxReaders = 256;   // processes reading one zone at once
+constexpr std::size_t kMaxRetired = 16;    // replaced tables awaiting release
+constexpr std::size_t kMaxLoadError = 512;
+
+struct ReaderSlot {
+    std::uint32_t pid;  // 0: free
+    std::uint32_t reserved;
+    std::uint64_t oldest;  // oldest generation in use; kNoGeneration when idle
+};
+
+constexpr std::uint64_t kNoGeneration = ~std::uint64_t{0};
+
+struct RetiredTable {
+    std::uint64_t offset;  // 0: free entry
+    std::uint64_t generation;
+};
+
+// The zone's fixed part, allocated once when the zone is created and kept
+// across reloads that reuse the zone.
+struct SharedTablesState {
+    std::uint64_t magic;
+    std::uint64_t current;     // offset of the current PublishedTable, atomic
+    std::uint64_t generation;  // of the current table
+    std::int64_t loaded_at;    // unix seconds
+    std::uint64_t keys;
+    FileIdentity loaded_file;
+    std::uint32_t loader_lock;  // pid of the process loading a changed file
+    std::uint32_t reserved;
+    FileIdentity failed_file;   // the file version the last error is about
+    std::int64_t failed_at;
+    char last_error[kMaxLoadError];  // empty after a successful load
+    RetiredTable retired[kMaxRetired];
+    ReaderSlot readers[kMaxReaders];
+};
+static_assert(std::is_trivially_copyable_v<SharedTablesState>);
+
+// A table image in shared memory, preceded by its generation.
+struct PublishedTable {
+    std::uint64_t generation;
+    std::uint64_t size;
+    // the KeyTable image follows, 8-byte aligned
+};
+
+// Bytes a zone needs to hold `tables` tables of this size at once, plus the
+// fixed state; the allocator's own overhead is the caller's to add.
+std::size_t shared_tables_bytes(std::size_t image_size, unsigned tables) noexcept;
+
+// One process's view of a zone: its reader slot and the local reference
+// counts of the generations its requests use.
+class SharedTables {
+public:
+    struct Ref {
+        KeyTable table;
+        std::uint64_t generation = 0;
+        int entry = -1;  // local reference entry, -1: none held
+    };
+
+    SharedTables() noexcept = default;
+
+    // Creates the fixed state in a new zone (nullptr if the zone is too small).
+    static SharedTablesState *create(ZoneMemory &memory) noexcept;
+    static bool is_state(const SharedTablesState *state) noexcept;
+
+    void attach(ZoneMemory *memory, SharedTablesState *state) noexcept {
+        memory_ = memory;
+        state_ = state;
+    }
+    SharedTablesState *state() const noexcept { return state_; }
+
+    // Copies the image into the zone and makes it current; the previous
+    // table is retired. On failure returns false with a reason; the current
+    // table stays. Callers serialise installs (nginx's master at a reload,
+    // or the loader lock under check=).
+    bool install(const TableImage &image, const FileIdentity &file, std::int64_t now,
+                 std::string &error) noexcept;
+
+    // Frees retired tables no live reader can still see; returns how many.
+    unsigned reclaim() noexcept;
+
+    // Registers this process as a reader (pid must be unique among live readers).
+    bool join(std::uint32_t pid) noexcept;
+    void leave() noexcept;
+
+    // The current table, held until release(). Lock-free.
+    Ref acquire() noexcept;
+    void release(Ref &ref) noexcept;
+
+    // A failed load of this file version, reported once: check= then waits
+    // for the next change instead of retrying (and logging) every interval.
+    void record_failure(const FileIdentity &file, std::int64_t now,
+                        std::string_view reason) noexcept;
+    bool failed_for(const FileIdentity &file) const noexcept {
+        return state_->failed_at != 0 && state_->failed_file == file;
+    }
+
+    bool try_lock_loader(std::uint32_t pid) noexcept;
+    void unlock_loader() noexcept;
+
+private:
+    void publish_oldest() noexcept;
+    const PublishedTable *current() const noexcept;
+
+    struct LocalRef {
+        std::uint64_t generation;
+        std::uint32_t count;
+    };
+
+    ZoneMemory *memory_ = nullptr;
+    SharedTablesState *state_ = nullptr;
+    ReaderSlot *slot_ = nullptr;
+    LocalRef refs_[16] = {};
+};
+
+}  // namespace apikey
