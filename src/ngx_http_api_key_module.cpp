@@ -26,6 +26,7 @@ extern "C" {
 #include "core/outcome.h"
 #include "core/request_id.h"
 #include "core/shared_tables.h"
+#include "core/status_report.h"
 
 extern "C" ngx_module_t ngx_http_api_key_module;
 
@@ -54,6 +55,7 @@ struct KeyZone {
     ngx_str_t name;
     std::string path;
     ngx_msec_t check = 0;          // check= interval, 0 when off
+    size_t usage_capacity = 0;     // keys api_key_status can track
     apikey::TableImage image;      // released once installed
     apikey::FileIdentity file;     // the version of the file in `image`
     SlabMemory memory;
@@ -94,6 +96,7 @@ struct ApiKeyLocConf {
     ngx_uint_t environment;
     ngx_flag_t dry_run;
     ngx_flag_t hide_credentials;
+    ngx_uint_t status_format; // api_key_status: 0 JSON, 1 Prometheus
     ngx_array_t *limits;      // of LimitConf
     ngx_str_t limit_category; // empty: auto
     ngx_uint_t limit_by;
@@ -118,6 +121,7 @@ struct RequestCtx {
     KeyZone *zone;
     apikey::SharedTables::Ref table_ref;  // held until the request's pool goes
     bool dry_run;
+    bool counted;  // in the zone's usage counters
     bool limited;  // a limit applied: rate-limit headers and $api_key_limit_remaining
     apikey::WindowDecision limit;
     apikey::Rate limit_rate;          // of the limit reported, for the 429 message
@@ -191,13 +195,21 @@ T *pool_new(ngx_pool_t *pool, Args &&...args) {
     return object;
 }
 
+// A sixteenth of a key zone counts per-key usage for api_key_status.
+size_t usage_capacity_for(size_t zone_size) noexcept {
+    const size_t capacity = zone_size / 16 / sizeof(apikey::UsageSlot);
+    return capacity < 64 ? 64 : capacity;
+}
+
 // Shared memory a slab pool needs for two tables of this size (the one in
-// use and its successor, at a reload or under check=) and the zone state:
-// its own header and page descriptors, and whole pages per allocation.
-size_t zone_size_needed(size_t image_size) noexcept {
+// use and its successor, at a reload or under check=), the zone state and
+// the usage counters: its own header and page descriptors, and whole pages
+// per allocation.
+size_t zone_size_needed(size_t image_size, size_t usage_capacity) noexcept {
     const size_t page = ngx_pagesize;
-    const size_t table_pages = (apikey::shared_tables_bytes(image_size, 1) + page - 1) / page;
-    const size_t pages = 2 * table_pages + sizeof(apikey::SharedTablesState) / page + 6;
+    auto pages_of = [page](size_t bytes) { return (bytes + page - 1) / page; };
+    const size_t pages = 2 * pages_of(apikey::shared_tables_bytes(image_size, 1)) +
+                         pages_of(apikey::UsageTable::bytes_for(usage_capacity)) + 6;
     return pages * (page + sizeof(ngx_slab_page_t)) + page;
 }
 
@@ -212,7 +224,7 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     // none of them can see it any more (see core/shared_tables.h).
     auto *state = static_cast<apikey::SharedTablesState *>(shpool->data);
     if (data == nullptr || !apikey::SharedTables::is_state(state)) {
-        state = apikey::SharedTables::create(zone->memory);
+        state = apikey::SharedTables::create(zone->memory, zone->usage_capacity);
         if (state == nullptr) {
             ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "api_key_zone \"%V\" is too small",
                           &shm_zone->shm.name);
@@ -227,7 +239,7 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "api_key_zone \"%V\": %s; a zone of %uzk holds two tables of this file",
                       &shm_zone->shm.name, error.c_str(),
-                      zone_size_needed(zone->image.size()) / 1024 + 1);
+                      zone_size_needed(zone->image.size(), zone->usage_capacity) / 1024 + 1);
         return NGX_ERROR;
     }
     zone->image = apikey::TableImage();
@@ -296,11 +308,18 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         return conf_error();
     }
 
+    shm_zone->init = init_key_zone;
+    // "nginx -s reload|stop|quit" reads the configuration only to find the
+    // pid file: a million-key file, or a broken one, must not delay or
+    // block the signal. The master reads and checks the file itself.
+    if (ngx_process == NGX_PROCESS_SIGNALLER) return conf_ok();
+
     try {
         KeyZone *zone = pool_new<KeyZone>(cf->pool);
         zone->name = name;
         zone->path = to_string(file);
         zone->check = check;
+        zone->usage_capacity = usage_capacity_for(static_cast<size_t>(size));
         // The version is taken before reading: if the file changes during
         // the read, check= sees a difference and loads it again.
         if (!apikey::identify_file(zone->path, zone->file)) {
@@ -309,8 +328,16 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         }
         zone->image = apikey::load_key_file(zone->path);
 
-        size_t needed = zone_size_needed(zone->image.size());
-        if (static_cast<size_t>(size) < needed) {
+        if (static_cast<size_t>(size) < zone_size_needed(zone->image.size(), zone->usage_capacity)) {
+            // The usage counters grow with the zone: the smallest zone that
+            // fits is found by going up until the need stops growing.
+            size_t needed = zone_size_needed(zone->image.size(), 0);
+            for (int i = 0; i < 16; i++) {
+                size_t more = zone_size_needed(zone->image.size(), usage_capacity_for(needed));
+                if (more <= needed) break;
+                needed = more;
+            }
+            needed += 2 * ngx_pagesize;  // a stated size a little above needs one slot more
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk "
                                "(room for two tables, for reloads and check=)",
@@ -327,7 +354,6 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot load \"%V\": %s", &file, e.what());
         return conf_error();
     }
-    shm_zone->init = init_key_zone;
     return conf_ok();
 }
 
@@ -565,6 +591,28 @@ char *api_key_limit_category(ngx_conf_t *cf, ngx_command_t *, void *conf) noexce
     return conf_ok();
 }
 
+ngx_int_t status_handler(ngx_http_request_t *r) noexcept;
+
+// api_key_status [json | prometheus];
+char *api_key_status(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(conf);
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    if (lcf->status_format != NGX_CONF_UNSET_UINT) return conf_message("is duplicate");
+    lcf->status_format = 0;
+    if (cf->args->nelts == 2) {
+        if (to_view(value[1]) == "prometheus") {
+            lcf->status_format = 1;
+        } else if (to_view(value[1]) != "json") {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid format \"%V\"", &value[1]);
+            return conf_error();
+        }
+    }
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+    clcf->handler = status_handler;
+    return conf_ok();
+}
+
 ngx_command_t commands[] = {
     {ngx_string("api_key_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_zone, 0, 0,
      nullptr},
@@ -603,6 +651,8 @@ ngx_command_t commands[] = {
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
      ngx_conf_set_enum_slot, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_by),
      limit_by_values},
+    {ngx_string("api_key_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
+     api_key_status, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("api_key_hide_credentials"),
      NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG,
      ngx_conf_set_flag_slot, NGX_HTTP_LOC_CONF_OFFSET,
@@ -622,6 +672,7 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept {
     conf->hide_credentials = NGX_CONF_UNSET;
     conf->limits = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
     conf->limit_by = NGX_CONF_UNSET_UINT;
+    conf->status_format = NGX_CONF_UNSET_UINT;
     return conf;
 }
 
@@ -1013,6 +1064,12 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
         verdict.outcome = apply_limits(r, lcf, ctx);
     }
     ctx->outcome = verdict.outcome;
+    if (!ctx->counted) {  // once per request, not again after an internal redirect
+        ctx->counted = true;
+        zone->shared.usage().count(
+            ctx->record ? ctx->table_ref.table.text(ctx->record->id) : std::string_view(),
+            verdict.outcome, ngx_time());
+    }
 
     if (verdict.outcome != Outcome::accepted) {
         log_refusal(r, lcf, ctx);
@@ -1174,7 +1231,7 @@ ngx_int_t check_zones(ngx_conf_t *cf) noexcept {
 }
 
 ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
-    if (check_zones(cf) != NGX_OK) return NGX_ERROR;
+    if (ngx_process != NGX_PROCESS_SIGNALLER && check_zones(cf) != NGX_OK) return NGX_ERROR;
 
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
@@ -1279,6 +1336,60 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
 
 void exit_process(ngx_cycle_t *cycle) noexcept {
     for_each_key_zone(cycle, [](KeyZone &zone) { zone.shared.leave(); });
+}
+
+// api_key_status: usage across all workers, read from the zones themselves.
+ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    const bool prometheus = lcf->status_format == 1;
+
+    std::string text;
+    try {
+        std::vector<apikey::ZoneReport> zones;
+        for_each_key_zone(const_cast<ngx_cycle_t *>(ngx_cycle), [&](KeyZone &zone) {
+            const apikey::SharedTablesState *state = zone.shared.state();
+            if (state == nullptr) return;
+            apikey::ZoneReport report;
+            report.zone = to_view(zone.name);
+            report.file = zone.path;
+            report.keys = state->keys;
+            report.generation = state->generation;
+            report.loaded_at = state->loaded_at;
+            report.last_error =
+                std::string_view(state->last_error, strnlen(state->last_error, apikey::kMaxLoadError));
+            report.bytes_total = static_cast<uint64_t>(zone.memory.pool->end - zone.memory.base());
+            report.bytes_free = static_cast<uint64_t>(zone.memory.pool->pfree) * ngx_pagesize;
+            report.usage = &zone.shared.usage();
+            zones.push_back(report);
+        });
+        text = prometheus ? apikey::status_prometheus(zones) : apikey::status_json(zones);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "api_key_status: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = static_cast<off_t>(text.size());
+    if (prometheus) {
+        ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    } else {
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+    }
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    static const ngx_str_t no_store = ngx_string("no-store");
+    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, text.size() ? text.size() : 1);
+    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    b->last = ngx_cpymem(b->pos, text.data(), text.size());
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
 }
 
 ngx_http_module_t module_ctx = {

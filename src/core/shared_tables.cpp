@@ -58,12 +58,25 @@ std::size_t shared_tables_bytes(std::size_t image_size, unsigned tables) noexcep
     return sizeof(SharedTablesState) + tables * (sizeof(PublishedTable) + align8(image_size));
 }
 
-SharedTablesState *SharedTables::create(ZoneMemory &memory) noexcept {
+SharedTablesState *SharedTables::create(ZoneMemory &memory, std::size_t usage_capacity) noexcept {
     void *p = memory.allocate(sizeof(SharedTablesState));
     if (p == nullptr) return nullptr;
+    void *u = memory.allocate(UsageTable::bytes_for(usage_capacity));
+    if (u == nullptr) {
+        memory.release(p);
+        return nullptr;
+    }
+    UsageTable::format(u, usage_capacity);
     auto *state = new (p) SharedTablesState{};
+    state->usage = static_cast<std::uint64_t>(static_cast<unsigned char *>(u) - memory.base());
     state->magic = kStateMagic;
     return state;
+}
+
+void SharedTables::attach(ZoneMemory *memory, SharedTablesState *state) noexcept {
+    memory_ = memory;
+    state_ = state;
+    usage_ = state->usage ? UsageTable::adopt(memory->base() + state->usage) : UsageTable();
 }
 
 bool SharedTables::is_state(const SharedTablesState *state) noexcept {

@@ -25,6 +25,7 @@
 
 #include "key_table.h"
 #include "table_builder.h"
+#include "usage_table.h"
 
 namespace apikey {
 
@@ -85,6 +86,7 @@ struct SharedTablesState {
     FileIdentity failed_file;   // the file version the last error is about
     std::int64_t failed_at;
     char last_error[kMaxLoadError];  // empty after a successful load
+    std::uint64_t usage;  // offset of the UsageTable, 0 if none
     RetiredTable retired[kMaxRetired];
     ReaderSlot readers[kMaxReaders];
 };
@@ -113,15 +115,14 @@ public:
 
     SharedTables() noexcept = default;
 
-    // Creates the fixed state in a new zone (nullptr if the zone is too small).
-    static SharedTablesState *create(ZoneMemory &memory) noexcept;
+    // Creates the fixed state and a usage table of usage_capacity keys in a
+    // new zone (nullptr if the zone is too small).
+    static SharedTablesState *create(ZoneMemory &memory, std::size_t usage_capacity) noexcept;
     static bool is_state(const SharedTablesState *state) noexcept;
 
-    void attach(ZoneMemory *memory, SharedTablesState *state) noexcept {
-        memory_ = memory;
-        state_ = state;
-    }
+    void attach(ZoneMemory *memory, SharedTablesState *state) noexcept;
     SharedTablesState *state() const noexcept { return state_; }
+    UsageTable &usage() noexcept { return usage_; }
 
     // Copies the image into the zone and makes it current; the previous
     // table is retired. On failure returns false with a reason; the current
@@ -163,6 +164,7 @@ private:
 
     ZoneMemory *memory_ = nullptr;
     SharedTablesState *state_ = nullptr;
+    UsageTable usage_;
     ReaderSlot *slot_ = nullptr;
     LocalRef refs_[16] = {};
 };

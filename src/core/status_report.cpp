@@ -1,0 +1,243 @@
+#include "status_report.h"
+
+#include "json.h"
+#include "timestamp.h"
+
+namespace apikey {
+
+namespace {
+
+void json_string(std::string &out, std::string_view s) {
+    out += '"';
+    const std::size_t at = out.size();
+    out.resize(at + json_escaped_max(s.size()));
+    out.resize(at + json_escape(s, out.data() + at));
+    out += '"';
+}
+
+void json_time(std::string &out, std::int64_t t) {
+    if (t <= 0) {
+        out += "null";
+        return;
+    }
+    char buf[20];
+    format_timestamp(t, buf);
+    json_string(out, std::string_view(buf, sizeof buf));
+}
+
+struct CodeCount {
+    std::string_view code;
+    std::uint64_t n;
+};
+
+// Counters summed by code ("invalid_api_key" has three causes), in table
+// order, zeros left out; index 0 is "accepted".
+std::vector<CodeCount> by_code(const std::uint64_t (&count)[kOutcomeCount]) {
+    std::vector<CodeCount> out;
+    for (std::size_t o = 0; o < kOutcomeCount; o++) {
+        if (count[o] == 0) continue;
+        const std::string_view code = o == 0 ? "accepted" : describe(static_cast<Outcome>(o)).code;
+        bool merged = false;
+        for (CodeCount &c : out) {
+            if (c.code == code) {
+                c.n += count[o];
+                merged = true;
+            }
+        }
+        if (!merged) out.push_back({code, count[o]});
+    }
+    return out;
+}
+
+// Refusals by code (accepted and rate-limited have their own fields).
+void json_codes(std::string &out, const std::uint64_t (&count)[kOutcomeCount]) {
+    out += '{';
+    bool first = true;
+    for (const CodeCount &c : by_code(count)) {
+        if (c.code == "accepted" || c.code == describe(Outcome::rate_limited).code) continue;
+        if (!first) out += ',';
+        first = false;
+        json_string(out, c.code);
+        out += ':' + std::to_string(c.n);
+    }
+    out += '}';
+}
+
+std::uint64_t load(const std::uint64_t &v) { return __atomic_load_n(&v, __ATOMIC_RELAXED); }
+
+// A snapshot of one slot's counters (each read atomically).
+void snapshot(const UsageSlot &s, std::uint64_t (&count)[kOutcomeCount]) {
+    for (std::size_t o = 0; o < kOutcomeCount; o++) count[o] = load(s.count[o]);
+}
+
+// Prometheus label values: backslash, quote and newline escaped.
+void label(std::string &out, std::string_view name, std::string_view value) {
+    out += name;
+    out += "=\"";
+    for (char c : value) {
+        if (c == '\\' || c == '"') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    out += '"';
+}
+
+}  // namespace
+
+std::string status_json(const std::vector<ZoneReport> &zones) {
+    std::string out = "{\"zones\":[";
+    for (std::size_t z = 0; z < zones.size(); z++) {
+        const ZoneReport &r = zones[z];
+        if (z) out += ',';
+        out += "{\"zone\":";
+        json_string(out, r.zone);
+        out += ",\"file\":";
+        json_string(out, r.file);
+        out += ",\"keys\":" + std::to_string(r.keys);
+        out += ",\"generation\":" + std::to_string(r.generation);
+        out += ",\"loaded_at\":";
+        json_time(out, r.loaded_at);
+        out += ",\"last_error\":";
+        if (r.last_error.empty()) {
+            out += "null";
+        } else {
+            json_string(out, r.last_error);
+        }
+        out += ",\"bytes_total\":" + std::to_string(r.bytes_total);
+        out += ",\"bytes_free\":" + std::to_string(r.bytes_free);
+        if (r.usage == nullptr || !r.usage->valid()) {
+            out += '}';
+            continue;
+        }
+        const UsageTotals &t = r.usage->totals();
+        std::uint64_t totals[kOutcomeCount];
+        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load(t.count[o]);
+        out += ",\"requests\":{\"accepted\":" + std::to_string(totals[0]);
+        out += ",\"rate_limited\":" +
+               std::to_string(totals[static_cast<std::size_t>(Outcome::rate_limited)]);
+        out += ",\"denied\":";
+        json_codes(out, totals);
+        out += ",\"untracked\":" + std::to_string(load(t.untracked)) + "}";
+        out += ",\"usage\":[";
+        bool first = true;
+        for (std::uint64_t i = 0; i < r.usage->capacity(); i++) {
+            const UsageSlot *s = r.usage->slot(i);
+            if (s == nullptr) continue;
+            std::uint64_t count[kOutcomeCount];
+            snapshot(*s, count);
+            if (!first) out += ',';
+            first = false;
+            out += "{\"key_id\":";
+            json_string(out, std::string_view(s->id, s->id_len));
+            out += ",\"accepted\":" + std::to_string(count[0]);
+            out += ",\"rate_limited\":" +
+                   std::to_string(count[static_cast<std::size_t>(Outcome::rate_limited)]);
+            out += ",\"denied\":";
+            json_codes(out, count);
+            out += ",\"last_used\":";
+            json_time(out, __atomic_load_n(&s->last_used, __ATOMIC_RELAXED));
+            out += '}';
+        }
+        out += "]}";
+    }
+    out += "]}\n";
+    return out;
+}
+
+std::string status_prometheus(const std::vector<ZoneReport> &zones) {
+    std::string out;
+    auto help = [&out](const char *name, const char *type, const char *text) {
+        out += "# HELP ";
+        out += name;
+        out += ' ';
+        out += text;
+        out += "\n# TYPE ";
+        out += name;
+        out += ' ';
+        out += type;
+        out += '\n';
+    };
+    auto zone_gauge = [&](const char *name, const char *text, auto value) {
+        help(name, "gauge", text);
+        for (const ZoneReport &r : zones) {
+            out += name;
+            out += '{';
+            label(out, "zone", r.zone);
+            out += "} " + std::to_string(value(r)) + '\n';
+        }
+    };
+    zone_gauge("api_key_zone_keys", "Keys in the table in force.",
+               [](const ZoneReport &r) { return r.keys; });
+    zone_gauge("api_key_zone_generation", "Tables loaded into the zone since it was created.",
+               [](const ZoneReport &r) { return r.generation; });
+    zone_gauge("api_key_zone_loaded_timestamp_seconds", "When the table in force was loaded.",
+               [](const ZoneReport &r) { return r.loaded_at; });
+    zone_gauge("api_key_zone_load_error",
+               "1 when the key file changed and the new version could not be loaded.",
+               [](const ZoneReport &r) { return r.last_error.empty() ? 0 : 1; });
+    help("api_key_zone_bytes", "gauge", "Shared memory of the zone, used and free.");
+    for (const ZoneReport &r : zones) {
+        for (const auto &[state, bytes] :
+             {std::pair<const char *, std::uint64_t>{"used", r.bytes_total - r.bytes_free},
+              {"free", r.bytes_free}}) {
+            out += "api_key_zone_bytes{";
+            label(out, "zone", r.zone);
+            out += ',';
+            label(out, "state", state);
+            out += "} " + std::to_string(bytes) + '\n';
+        }
+    }
+
+    help("api_key_zone_requests_total", "counter",
+         "Requests by outcome, including those without a known key.");
+    for (const ZoneReport &r : zones) {
+        if (r.usage == nullptr || !r.usage->valid()) continue;
+        std::uint64_t totals[kOutcomeCount];
+        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load(r.usage->totals().count[o]);
+        for (const CodeCount &c : by_code(totals)) {
+            out += "api_key_zone_requests_total{";
+            label(out, "zone", r.zone);
+            out += ',';
+            label(out, "code", c.code);
+            out += "} " + std::to_string(c.n) + '\n';
+        }
+    }
+
+    help("api_key_requests_total", "counter", "Requests per key by outcome (keys used since start).");
+    std::string last_used;
+    for (const ZoneReport &r : zones) {
+        if (r.usage == nullptr || !r.usage->valid()) continue;
+        for (std::uint64_t i = 0; i < r.usage->capacity(); i++) {
+            const UsageSlot *s = r.usage->slot(i);
+            if (s == nullptr) continue;
+            std::uint64_t count[kOutcomeCount];
+            snapshot(*s, count);
+            const std::string_view id(s->id, s->id_len);
+            for (const CodeCount &c : by_code(count)) {
+                out += "api_key_requests_total{";
+                label(out, "zone", r.zone);
+                out += ',';
+                label(out, "key_id", id);
+                out += ',';
+                label(out, "code", c.code);
+                out += "} " + std::to_string(c.n) + '\n';
+            }
+            last_used += "api_key_last_used_timestamp_seconds{";
+            label(last_used, "zone", r.zone);
+            last_used += ',';
+            label(last_used, "key_id", id);
+            last_used += "} " +
+                         std::to_string(__atomic_load_n(&s->last_used, __ATOMIC_RELAXED)) + '\n';
+        }
+    }
+    help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");
+    out += last_used;
+    return out;
+}
+
+}  // namespace apikey

@@ -1,0 +1,82 @@
+#include "usage_table.h"
+
+#include <cstring>
+#include <new>
+
+namespace apikey {
+
+namespace {
+
+std::uint64_t hash_id(std::string_view id) noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    for (char c : id) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h != 0 ? h : 1;
+}
+
+void add(std::uint64_t *counter) noexcept { __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
+
+}  // namespace
+
+UsageTable UsageTable::format(void *memory, std::size_t capacity) noexcept {
+    auto *totals = new (memory) UsageTotals{};
+    totals->capacity = capacity;
+    auto *slots = reinterpret_cast<UsageSlot *>(totals + 1);
+    for (std::size_t i = 0; i < capacity; i++) new (&slots[i]) UsageSlot{};
+    return UsageTable(totals, slots);
+}
+
+UsageTable UsageTable::adopt(void *memory) noexcept {
+    auto *totals = static_cast<UsageTotals *>(memory);
+    return UsageTable(totals, reinterpret_cast<UsageSlot *>(totals + 1));
+}
+
+const UsageSlot *UsageTable::slot(std::uint64_t i) const noexcept {
+    const UsageSlot &s = slots_[i];
+    return __atomic_load_n(&s.ready, __ATOMIC_ACQUIRE) ? &s : nullptr;
+}
+
+UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
+    const std::uint64_t cap = totals_->capacity;
+    if (cap == 0) return nullptr;
+    if (key_id.size() > kMaxTrackedId) key_id = key_id.substr(0, kMaxTrackedId);
+    const std::uint64_t h = hash_id(key_id);
+    const std::uint64_t start = static_cast<std::uint64_t>(
+        (static_cast<unsigned __int128>(h) * cap) >> 64);
+    for (unsigned i = 0; i < kProbe && i < cap; i++) {
+        UsageSlot &s = slots_[(start + i) % cap];
+        std::uint64_t seen = __atomic_load_n(&s.id_hash, __ATOMIC_ACQUIRE);
+        if (seen == h) return &s;
+        if (seen != 0) continue;
+        if (__atomic_compare_exchange_n(&s.id_hash, &seen, h, false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            std::memcpy(s.id, key_id.data(), key_id.size());
+            s.id_len = static_cast<std::uint32_t>(key_id.size());
+            __atomic_store_n(&s.ready, 1, __ATOMIC_RELEASE);
+            return &s;
+        }
+        if (seen == h) return &s;  // another process claimed it for the same key
+    }
+    return nullptr;
+}
+
+void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t now) noexcept {
+    if (totals_ == nullptr) return;
+    const auto o = static_cast<std::size_t>(outcome);
+    add(&totals_->count[o]);
+    if (key_id.empty()) return;
+    UsageSlot *s = find_or_claim(key_id);
+    if (s == nullptr) {
+        add(&totals_->untracked);
+        return;
+    }
+    add(&s->count[o]);
+    __atomic_store_n(&s->last_used, now, __ATOMIC_RELAXED);
+}
+
+}  // namespace apikey

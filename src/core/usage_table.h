@@ -1,0 +1,69 @@
+// Per-key usage counters in shared memory for api_key_status: how often each
+// key was accepted, refused (by code) and rate-limited, and when it was last
+// used. Only keys that were used get a slot, so a large key file costs
+// nothing here. The request path adds atomic increments and nothing else:
+// slots are claimed with one compare-and-swap, never locked.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+#include "outcome.h"
+
+namespace apikey {
+
+constexpr std::size_t kMaxTrackedId = 128;
+
+struct UsageSlot {
+    std::uint64_t id_hash;  // 0: free; claimed by compare-and-swap
+    std::uint32_t ready;    // 1 once id is written
+    std::uint32_t id_len;
+    char id[kMaxTrackedId];
+    std::int64_t last_used;  // unix seconds
+    std::uint64_t count[kOutcomeCount];  // by Outcome; accepted and rate_limited included
+    std::uint64_t reserved[3];
+};
+static_assert(std::is_trivially_copyable_v<UsageSlot>);
+static_assert(sizeof(UsageSlot) == 256);
+
+// Requests that were refused before a key was found, or whose key found no
+// free slot, are counted per zone only.
+struct UsageTotals {
+    std::uint64_t count[kOutcomeCount];
+    std::uint64_t untracked;  // requests of keys that found no slot
+    std::uint64_t capacity;
+};
+
+class UsageTable {
+public:
+    static constexpr unsigned kProbe = 32;
+
+    static std::size_t bytes_for(std::size_t capacity) noexcept {
+        return sizeof(UsageTotals) + capacity * sizeof(UsageSlot);
+    }
+    // Memory of bytes_for(capacity), zeroed by the caller or by format().
+    static UsageTable format(void *memory, std::size_t capacity) noexcept;
+    static UsageTable adopt(void *memory) noexcept;
+
+    UsageTable() noexcept = default;
+    bool valid() const noexcept { return totals_ != nullptr; }
+
+    // One request; key_id empty when no key record was found.
+    void count(std::string_view key_id, Outcome outcome, std::int64_t now) noexcept;
+
+    const UsageTotals &totals() const noexcept { return *totals_; }
+    std::uint64_t capacity() const noexcept { return totals_->capacity; }
+    // Slot i, or nullptr when unused (or still being claimed).
+    const UsageSlot *slot(std::uint64_t i) const noexcept;
+
+private:
+    UsageTable(UsageTotals *totals, UsageSlot *slots) noexcept : totals_(totals), slots_(slots) {}
+    UsageSlot *find_or_claim(std::string_view key_id) noexcept;
+
+    UsageTotals *totals_ = nullptr;
+    UsageSlot *slots_ = nullptr;
+};
+
+}  // namespace apikey
