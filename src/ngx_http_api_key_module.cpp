@@ -144,6 +144,7 @@ ngx_conf_enum_t environment_values[] = {
 };
 
 apikey::RequestIdGenerator request_ids;
+apikey::KeyDigestCache key_digests;  // per worker, seeded in init_process
 ngx_http_output_header_filter_pt next_header_filter;
 
 // nginx's configuration callbacks return char *; these keep the casts in one place.
@@ -961,9 +962,15 @@ RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept
     case apikey::KeyCollector::State::malformed: ctx->presented = Outcome::invalid_key; break;
     case apikey::KeyCollector::State::multiple: ctx->presented = Outcome::multiple_keys; break;
     case apikey::KeyCollector::State::one:
+        bool cached = false;
         ctx->presented = apikey::identify_key(ctx->table_ref.table, keys.key(), ctx->environment,
-                                              ctx->digest);
+                                              ctx->digest, &key_digests, &cached);
         ctx->identified = ctx->presented == Outcome::accepted;
+        // Only keys the table knows are remembered: random keys cannot
+        // push real ones out of the cache.
+        if (ctx->identified && !cached && ctx->table_ref.table.find(ctx->digest) != nullptr) {
+            key_digests.remember(keys.key(), ctx->digest);
+        }
         break;
     }
     return ctx;
@@ -1311,6 +1318,12 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
         return NGX_ERROR;
     }
     request_ids = apikey::RequestIdGenerator(seed);
+    apikey::SipKey secret;
+    if (RAND_bytes(reinterpret_cast<unsigned char *>(&secret), sizeof secret) != 1) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: RAND_bytes() failed");
+        return NGX_ERROR;
+    }
+    key_digests.seed(secret);
 
     bool joined = true;
     for_each_key_zone(cycle, [&](KeyZone &zone) {

@@ -48,11 +48,13 @@ void AccessPolicy::compile(const KeyTable &table) noexcept {
 }
 
 Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
-                     Digest &digest) noexcept {
-    if (!is_well_formed_key(key) || !table.environment_of(key, environment)) {
+                     Digest &digest, const KeyDigestCache *cache, bool *cached) noexcept {
+    const bool hit = key.size() <= kMaxKeyLength && cache != nullptr && cache->find(key, digest);
+    if (cached != nullptr) *cached = hit;
+    if ((!hit && !is_well_formed_key(key)) || !table.environment_of(key, environment)) {
         return Outcome::invalid_key;
     }
-    digest = sha256(key);
+    if (!hit) digest = sha256(key);
     return Outcome::accepted;
 }
 

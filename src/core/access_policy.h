@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "key_digest_cache.h"
 #include "key_table.h"
 #include "outcome.h"
 
@@ -43,9 +44,12 @@ struct Verdict {
 };
 
 // Syntax -> prefix -> SHA-256: what a key is, before any table lookup.
-// Returns invalid_key or accepted (meaning "identified").
+// Returns invalid_key or accepted (meaning "identified"). With a cache, a
+// key remembered there skips the syntax check (it passed it when it was
+// remembered) and SHA-256; `cached` says which way it went.
 Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
-                     Digest &digest) noexcept;
+                     Digest &digest, const KeyDigestCache *cache = nullptr,
+                     bool *cached = nullptr) noexcept;
 
 class AccessPolicy {
 public:

@@ -191,41 +191,44 @@ void SharedTables::publish_oldest() noexcept {
     for (const LocalRef &r : refs_) {
         if (r.count != 0 && r.generation < oldest) oldest = r.generation;
     }
-    store(&slot_->oldest, oldest);
+    // Only this process writes its slot: skip the store when nothing changed.
+    if (__atomic_load_n(&slot_->oldest, __ATOMIC_RELAXED) != oldest) store(&slot_->oldest, oldest);
 }
 
 SharedTables::Ref SharedTables::acquire() noexcept {
     Ref ref;
     if (slot_ != nullptr) {
         const std::uint64_t floor = load(&state_->generation);
-        if (floor < load(&slot_->oldest)) store(&slot_->oldest, floor);
+        if (floor < __atomic_load_n(&slot_->oldest, __ATOMIC_RELAXED)) store(&slot_->oldest, floor);
     }
     const PublishedTable *table = current();
     if (table == nullptr) return ref;
     ref.table = KeyTable(table + 1);
     ref.generation = table->generation;
 
+    // Usually the current generation already has an entry: count and go.
     int free_entry = -1, oldest_entry = -1;
     for (int i = 0; i < static_cast<int>(std::size(refs_)); i++) {
         LocalRef &r = refs_[i];
-        if (r.count != 0 && r.generation == ref.generation) {
+        if (r.count == 0) {
+            if (free_entry < 0) free_entry = i;
+            continue;
+        }
+        if (r.generation == ref.generation) {
+            r.count++;
             ref.entry = i;
-            break;
+            publish_oldest();  // the floor stored above may need raising again
+            return ref;
         }
-        if (r.count == 0 && free_entry < 0) free_entry = i;
-        if (r.count != 0 && (oldest_entry < 0 || r.generation < refs_[oldest_entry].generation)) {
-            oldest_entry = i;
-        }
+        if (oldest_entry < 0 || r.generation < refs_[oldest_entry].generation) oldest_entry = i;
     }
-    if (ref.entry < 0) {
-        if (free_entry >= 0) {
-            ref.entry = free_entry;
-            refs_[free_entry].generation = ref.generation;
-        } else {
-            // Every entry busy: counting under an older generation keeps the
-            // published bound at or below this one, which is still safe.
-            ref.entry = oldest_entry;
-        }
+    if (free_entry >= 0) {
+        ref.entry = free_entry;
+        refs_[free_entry].generation = ref.generation;
+    } else {
+        // Every entry busy: counting under an older generation keeps the
+        // published bound at or below this one, which is still safe.
+        ref.entry = oldest_entry;
     }
     refs_[ref.entry].count++;
     publish_oldest();

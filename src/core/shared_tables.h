@@ -166,7 +166,7 @@ private:
     SharedTablesState *state_ = nullptr;
     UsageTable usage_;
     ReaderSlot *slot_ = nullptr;
-    LocalRef refs_[16] = {};
+    LocalRef refs_[4] = {};  // generations in use by this process's requests
 };
 
 }  // namespace apikey
