@@ -122,12 +122,17 @@ private:
         return std::string_view::npos;
     }
 
+    // Key files nest four levels deep; anything deeper goes to yaml-cpp,
+    // whose events the schema refuses at the first level too many, so no
+    // input can drive either reader's recursion far.
     void block_node(std::size_t indent) {
+        if (++depth_ > kMaxDepth) bail("nesting deeper than a key file needs");
         if (is_item(line_.content)) {
             sequence(indent);
         } else {
             map(indent);
         }
+        depth_--;
     }
 
     // After a "key:" with nothing behind it: a nested block, a sequence at
@@ -290,8 +295,11 @@ private:
         if constexpr (Emit) (h_->*event)(std::forward<Args>(args)...);
     }
 
+    static constexpr int kMaxDepth = 8;
+
     std::string_view text_;
     YAML::EventHandler *h_;
+    int depth_ = 0;
     std::size_t next_ = 0;
     int line_count_ = 0;
     Line line_;
