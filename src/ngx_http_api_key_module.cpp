@@ -122,6 +122,8 @@ struct RequestCtx {
     apikey::SharedTables::Ref table_ref;  // held until the request's pool goes
     bool dry_run;
     bool counted;  // in the zone's usage counters
+    bool limits_applied;
+    Outcome limit_outcome;
     bool limited;  // a limit applied: rate-limit headers and $api_key_limit_remaining
     apikey::WindowDecision limit;
     apikey::Rate limit_rate;          // of the limit reported, for the 429 message
@@ -985,15 +987,18 @@ void warn_zone_full(ngx_http_request_t *r, LimitZone *zone) noexcept {
                   &zone->name);
 }
 
-// Every configured limit of the request's category, in order. A refusal by
-// one takes back what the earlier ones counted: refused requests spend nothing.
+// Every configured limit of the request's category, in order. Limits that
+// land on the same budget (same zone and period, e.g. after a key's own
+// rate replaced both) count once, at the strictest rate. A refusal by one
+// takes back what the earlier ones counted: refused requests spend nothing.
 Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
     constexpr size_t kMaxLimits = 8;
-    struct Counted {
+    struct Budget {
         LimitZone *zone;
-        std::uint64_t budget;
+        std::uint64_t id;
+        apikey::Rate rate;
         apikey::CounterResult result;
-    } counted[kMaxLimits];
+    } budgets[kMaxLimits];
     size_t n = 0;
 
     const apikey::KeyTable &table = ctx->table_ref.table;
@@ -1002,37 +1007,45 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
     char kind;
     const std::string_view holder = apikey::budget_holder(
         table, *ctx->record, static_cast<apikey::LimitBy>(lcf->limit_by), kind);
-    const bool commit = !lcf->dry_run;
 
     for (const LimitConf &limit : items<LimitConf>(lcf->limits)) {
-        if (to_view(limit.category) != category || n == kMaxLimits) continue;
+        if (to_view(limit.category) != category) continue;
         auto *zone = static_cast<LimitZone *>(limit.zone->data);
         const apikey::Rate rate = apikey::effective_rate(table, *ctx->record, category, limit.rate);
-        const apikey::WindowLimit window{rate.count, rate.period_seconds * 1000};
-        const std::uint64_t budget = apikey::budget_id(kind, holder, category, window.period_ms);
-        apikey::CounterResult result =
-            zone->table.consume(budget, window, static_cast<std::int64_t>(ngx_current_msec),
-                                commit, static_cast<std::uint32_t>(ngx_pid));
-        if (result.evicted_active) warn_zone_full(r, zone);
+        const std::uint64_t id =
+            apikey::budget_id(kind, holder, category, rate.period_seconds * 1000);
+        size_t i = 0;
+        while (i < n && !(budgets[i].zone == zone && budgets[i].id == id)) i++;
+        if (i < n) {
+            if (rate.count < budgets[i].rate.count) budgets[i].rate = rate;
+        } else if (n < kMaxLimits) {
+            budgets[n++] = {zone, id, rate, {}};
+        }
+    }
+
+    const bool commit = !lcf->dry_run;
+    for (size_t i = 0; i < n; i++) {
+        Budget &b = budgets[i];
+        const apikey::WindowLimit window{b.rate.count, b.rate.period_seconds * 1000};
+        b.result = b.zone->table.consume(b.id, window, static_cast<std::int64_t>(ngx_current_msec),
+                                         commit, static_cast<std::uint32_t>(ngx_pid));
+        if (b.result.evicted_active) warn_zone_full(r, b.zone);
 
         // The headers report the limit closest to refusing.
-        if (!ctx->limited || !result.decision.allowed ||
-            result.decision.remaining < ctx->limit.remaining) {
-            ctx->limit = result.decision;
+        if (!ctx->limited || !b.result.decision.allowed ||
+            b.result.decision.remaining < ctx->limit.remaining) {
+            ctx->limit = b.result.decision;
             ctx->limited = true;
-            ctx->limit_rate = rate;
+            ctx->limit_rate = b.rate;
             ctx->limit_category = category;
         }
-        if (!result.decision.allowed) {
-            if (commit) {
-                for (size_t i = 0; i < n; i++) {
-                    counted[i].zone->table.refund(counted[i].result, counted[i].budget,
-                                                  static_cast<std::uint32_t>(ngx_pid));
-                }
+        if (!b.result.decision.allowed) {
+            for (size_t k = 0; commit && k < i; k++) {
+                budgets[k].zone->table.refund(budgets[k].result, budgets[k].id,
+                                              static_cast<std::uint32_t>(ngx_pid));
             }
             return Outcome::rate_limited;
         }
-        counted[n++] = {zone, budget, result};
     }
     return Outcome::accepted;
 }
@@ -1065,10 +1078,15 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
         verdict.outcome = ctx->presented;
     }
     ctx->record = verdict.record;
-    ctx->limited = false;
     ctx->dry_run = lcf->dry_run;
     if (verdict.outcome == Outcome::accepted && lcf->limits != nullptr) {
-        verdict.outcome = apply_limits(r, lcf, ctx);
+        // Once per request: an internal redirect (index, try_files) runs the
+        // access phase again, and must not spend the budget twice.
+        if (!ctx->limits_applied) {
+            ctx->limits_applied = true;
+            ctx->limit_outcome = apply_limits(r, lcf, ctx);
+        }
+        verdict.outcome = ctx->limit_outcome;
     }
     ctx->outcome = verdict.outcome;
     if (!ctx->counted) {  // once per request, not again after an internal redirect

@@ -41,8 +41,9 @@ std::size_t describe_limit(char *out, Rate rate, std::string_view category) noex
                        : rate.period_seconds == 60 ? "minute"
                                                    : "hour";
     if (category.size() > 128) category = category.substr(0, 128);
-    int n = std::snprintf(out, kMaxLimitDetail, "%u requests per %s for '%.*s' requests",
-                          rate.count, unit, static_cast<int>(category.size()), category.data());
+    int n = std::snprintf(out, kMaxLimitDetail, "%u %s per %s for '%.*s' requests", rate.count,
+                          rate.count == 1 ? "request" : "requests", unit,
+                          static_cast<int>(category.size()), category.data());
     return n < 0 ? 0 : static_cast<std::size_t>(n) < kMaxLimitDetail ? static_cast<std::size_t>(n)
                                                                       : kMaxLimitDetail - 1;
 }
