@@ -42,8 +42,12 @@ void window_reset(WindowState &state) noexcept {
     for (auto &c : state.counts) c = 0;
 }
 
-WindowDecision window_consume(WindowState &s, WindowLimit limit, std::int64_t now_ms,
+WindowDecision window_consume(WindowState &state, WindowLimit limit, std::int64_t now_ms,
                               bool commit) noexcept {
+    // A dry run works on a copy: even moving the ring forward is a change.
+    WindowState scratch;
+    if (!commit) scratch = state;
+    WindowState &s = commit ? state : scratch;
     const std::int64_t width = window_bucket_ms(limit);
     const std::int64_t current = advance(s, now_ms / width);
 
