@@ -1282,28 +1282,43 @@ void for_each_key_zone(ngx_cycle_t *cycle, F &&f) noexcept {
     }
 }
 
+// Logged once per version of the file, however often it is retried.
 void record_load_failure(KeyZone &zone, const apikey::FileIdentity &file, const std::string &why,
-                         ngx_log_t *log) noexcept {
-    zone.shared.record_failure(file, ngx_time(), why);
+                         bool transient, ngx_log_t *log) noexcept {
+    const bool reported = zone.shared.failed_for(file);
+    zone.shared.record_failure(file, ngx_time(), why, transient);
+    if (reported) return;
     ngx_log_error(NGX_LOG_ERR, log, 0,
-                  "api_key_zone \"%V\": %s; the key table loaded before stays in force",
-                  &zone.name, why.c_str());
+                  "api_key_zone \"%V\": %s; the key table loaded before stays in force%s",
+                  &zone.name, why.c_str(), transient ? " (retried every few seconds)" : "");
 }
 
 // check=: one worker notices a new version of the file, loads it and swaps
-// it in for all; the others go on serving meanwhile. A version that failed
-// is reported once and not retried until the file changes again.
+// it in for all; the others go on serving meanwhile. A version that is
+// wrong is reported once and not retried until the file changes again; one
+// that found no room (replaced tables still in use by long requests) is
+// retried every few seconds.
 void load_changed_file(KeyZone &zone, ngx_log_t *log) noexcept {
+    constexpr std::int64_t kRetrySeconds = 3;
     apikey::FileIdentity file;
     const bool exists = apikey::identify_file(zone.path, file);
+    const int stat_error = errno;
     const apikey::SharedTablesState *state = zone.shared.state();
-    if (exists && file == state->loaded_file) return;
-    if (zone.shared.failed_for(file)) return;
+    const bool current = exists && file == state->loaded_file;
+    if (current && state->failed_at == 0) return;
+    if (zone.shared.gave_up_on(file)) return;
+    if (zone.shared.failed_for(file) && ngx_time() - state->failed_at < kRetrySeconds) return;
     if (!zone.shared.try_lock_loader(static_cast<std::uint32_t>(ngx_pid))) return;
 
-    if (!exists) {
-        record_load_failure(zone, file, zone.path + ": cannot stat: " + std::strerror(errno), log);
-    } else if (file != state->loaded_file) {  // not already loaded by another worker
+    // Again under the lock: another worker may have just done the work.
+    if (exists && file == state->loaded_file) {
+        zone.shared.clear_failure();  // the file is back to the version in force
+    } else if (zone.shared.gave_up_on(file)) {
+        // reported already
+    } else if (!exists) {
+        record_load_failure(zone, file, zone.path + ": cannot stat: " + std::strerror(stat_error),
+                            false, log);
+    } else {
         try {
             apikey::TableImage image = apikey::load_key_file(zone.path);
             std::string error;
@@ -1313,10 +1328,10 @@ void load_changed_file(KeyZone &zone, ngx_log_t *log) noexcept {
                               &zone.name, static_cast<uint64_t>(state->keys), zone.path.c_str(),
                               static_cast<uint64_t>(state->generation));
             } else {
-                record_load_failure(zone, file, error, log);
+                record_load_failure(zone, file, error, true, log);
             }
         } catch (const std::exception &e) {
-            record_load_failure(zone, file, e.what(), log);
+            record_load_failure(zone, file, e.what(), false, log);
         }
     }
     zone.shared.unlock_loader();

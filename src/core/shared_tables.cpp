@@ -146,7 +146,10 @@ unsigned SharedTables::reclaim() noexcept {
         bool in_use = false;
         for (const ReaderSlot &reader : state_->readers) {
             const std::uint32_t pid = load(&reader.pid);
-            if (pid != 0 && load(&reader.oldest) <= r.generation && process_alive(pid)) {
+            if (pid == 0) continue;
+            bool holds = load(&reader.floor) <= r.generation;
+            for (const std::uint64_t &g : reader.held) holds = holds || load(&g) == r.generation;
+            if (holds && process_alive(pid)) {
                 in_use = true;
                 break;
             }
@@ -168,7 +171,8 @@ bool SharedTables::join(std::uint32_t pid) noexcept {
     for (ReaderSlot &slot : state_->readers) {
         std::uint32_t holder = load(&slot.pid);
         if (holder != 0 && process_alive(holder)) continue;
-        store(&slot.oldest, kNoGeneration);
+        store(&slot.floor, kNoGeneration);
+        for (std::uint64_t &g : slot.held) store(&g, std::uint64_t{0});
         if (__atomic_compare_exchange_n(&slot.pid, &holder, pid, false, __ATOMIC_SEQ_CST,
                                         __ATOMIC_SEQ_CST)) {
             slot_ = &slot;
@@ -180,75 +184,81 @@ bool SharedTables::join(std::uint32_t pid) noexcept {
 
 void SharedTables::leave() noexcept {
     if (slot_ == nullptr) return;
-    store(&slot_->oldest, kNoGeneration);
+    store(&slot_->floor, kNoGeneration);
+    for (std::uint64_t &g : slot_->held) store(&g, std::uint64_t{0});
     store(&slot_->pid, std::uint32_t{0});
     slot_ = nullptr;
 }
 
-void SharedTables::publish_oldest() noexcept {
-    if (slot_ == nullptr) return;
-    std::uint64_t oldest = kNoGeneration;
-    for (const LocalRef &r : refs_) {
-        if (r.count != 0 && r.generation < oldest) oldest = r.generation;
-    }
-    // Only this process writes its slot: skip the store when nothing changed.
-    if (__atomic_load_n(&slot_->oldest, __ATOMIC_RELAXED) != oldest) store(&slot_->oldest, oldest);
+void SharedTables::set_floor(std::uint64_t floor) noexcept {
+    // Only this process writes its slot: skip the store when nothing changes.
+    if (__atomic_load_n(&slot_->floor, __ATOMIC_RELAXED) != floor) store(&slot_->floor, floor);
 }
 
 SharedTables::Ref SharedTables::acquire() noexcept {
     Ref ref;
     if (slot_ != nullptr) {
         const std::uint64_t floor = load(&state_->generation);
-        if (floor < __atomic_load_n(&slot_->oldest, __ATOMIC_RELAXED)) store(&slot_->oldest, floor);
+        if (floor < __atomic_load_n(&slot_->floor, __ATOMIC_RELAXED)) store(&slot_->floor, floor);
     }
     const PublishedTable *table = current();
     if (table == nullptr) return ref;
     ref.table = KeyTable(table + 1);
     ref.generation = table->generation;
+    if (slot_ == nullptr) return ref;
 
-    // Usually the current generation already has an entry: count and go.
-    int free_entry = -1, oldest_entry = -1;
-    for (int i = 0; i < static_cast<int>(std::size(refs_)); i++) {
-        LocalRef &r = refs_[i];
-        if (r.count == 0) {
+    int free_entry = -1;
+    for (int i = 0; i < static_cast<int>(kHeldPerReader); i++) {
+        if (counts_[i] == 0) {
             if (free_entry < 0) free_entry = i;
-            continue;
-        }
-        if (r.generation == ref.generation) {
-            r.count++;
+        } else if (slot_->held[i] == ref.generation) {
             ref.entry = i;
-            publish_oldest();  // the floor stored above may need raising again
-            return ref;
+            break;
         }
-        if (oldest_entry < 0 || r.generation < refs_[oldest_entry].generation) oldest_entry = i;
     }
-    if (free_entry >= 0) {
+    if (ref.entry < 0 && free_entry >= 0) {
         ref.entry = free_entry;
-        refs_[free_entry].generation = ref.generation;
-    } else {
-        // Every entry busy: counting under an older generation keeps the
-        // published bound at or below this one, which is still safe.
-        ref.entry = oldest_entry;
+        store(&slot_->held[free_entry], ref.generation);  // before the floor goes
     }
-    refs_[ref.entry].count++;
-    publish_oldest();
+    if (ref.entry >= 0) {
+        counts_[ref.entry]++;
+    } else {
+        // More distinct generations in flight than entries: keep a floor.
+        ref.entry = kOverflow;
+        overflow_count_++;
+        if (ref.generation < overflow_floor_) overflow_floor_ = ref.generation;
+    }
+    set_floor(overflow_count_ ? overflow_floor_ : kNoGeneration);
     return ref;
 }
 
 void SharedTables::release(Ref &ref) noexcept {
-    if (ref.entry < 0) return;
-    if (refs_[ref.entry].count > 0) refs_[ref.entry].count--;
+    if (ref.entry == kOverflow) {
+        if (overflow_count_ > 0 && --overflow_count_ == 0) {
+            overflow_floor_ = kNoGeneration;
+            set_floor(kNoGeneration);
+        }
+    } else if (ref.entry >= 0 && counts_[ref.entry] > 0 && --counts_[ref.entry] == 0) {
+        store(&slot_->held[ref.entry], std::uint64_t{0});
+    }
     ref.entry = -1;
-    publish_oldest();
 }
 
 void SharedTables::record_failure(const FileIdentity &file, std::int64_t now,
-                                  std::string_view reason) noexcept {
+                                  std::string_view reason, bool transient) noexcept {
     const std::size_t n = reason.size() < kMaxLoadError - 1 ? reason.size() : kMaxLoadError - 1;
     std::memcpy(state_->last_error, reason.data(), n);
     state_->last_error[n] = '\0';
     state_->failed_file = file;
     state_->failed_at = now;
+    state_->failed_transiently = transient ? 1 : 0;
+}
+
+void SharedTables::clear_failure() noexcept {
+    state_->failed_at = 0;
+    state_->failed_file = FileIdentity{};
+    state_->failed_transiently = 0;
+    state_->last_error[0] = '\0';
 }
 
 bool SharedTables::try_lock_loader(std::uint32_t pid) noexcept {

@@ -5,14 +5,15 @@
 // process may still read it:
 //   - Each published table carries a generation number; the zone points at
 //     the current one with a single atomic word.
-//   - Each reading process owns a slot where it publishes the oldest
-//     generation any of its in-flight requests still uses. A request first
-//     publishes the current generation as a lower bound, then loads the
-//     pointer (which can only be as new or newer), so the bound is never
-//     above what it reads.
-//   - A replaced table goes on a retired list and is freed once every live
-//     reader's published bound is above its generation. Slots of processes
-//     that died are ignored.
+//   - Each reading process owns a slot where it publishes the generations
+//     its in-flight requests hold. A request first publishes the current
+//     generation as a floor ("this or anything newer may be in use"), then
+//     loads the pointer (which can only be as new or newer), records the
+//     generation it got, and drops the floor.
+//   - A replaced table goes on a retired list and is freed once no live
+//     reader holds its generation or has a floor at or below it. A long
+//     request pins only its own table, not the ones replaced after it.
+//     Slots of processes that died are ignored.
 // Request paths take no lock: one atomic load, a few local counters, one
 // store to the process's own slot.
 #pragma once
@@ -59,13 +60,15 @@ constexpr std::size_t kMaxReaders = 256;   // processes reading one zone at once
 constexpr std::size_t kMaxRetired = 16;    // replaced tables awaiting release
 constexpr std::size_t kMaxLoadError = 512;
 
+constexpr std::size_t kHeldPerReader = 4;
+constexpr std::uint64_t kNoGeneration = ~std::uint64_t{0};
+
 struct ReaderSlot {
     std::uint32_t pid;  // 0: free
     std::uint32_t reserved;
-    std::uint64_t oldest;  // oldest generation in use; kNoGeneration when idle
+    std::uint64_t floor;                 // generations >= floor may be in use
+    std::uint64_t held[kHeldPerReader];  // generations held; 0: entry unused
 };
-
-constexpr std::uint64_t kNoGeneration = ~std::uint64_t{0};
 
 struct RetiredTable {
     std::uint64_t offset;  // 0: free entry
@@ -85,6 +88,8 @@ struct SharedTablesState {
     std::uint32_t reserved;
     FileIdentity failed_file;   // the file version the last error is about
     std::int64_t failed_at;
+    std::uint32_t failed_transiently;  // no room yet: retried, not given up
+    std::uint32_t reserved2;
     char last_error[kMaxLoadError];  // empty after a successful load
     std::uint64_t usage;  // offset of the UsageTable, 0 if none
     RetiredTable retired[kMaxRetired];
@@ -125,9 +130,10 @@ public:
     UsageTable &usage() noexcept { return usage_; }
 
     // Copies the image into the zone and makes it current; the previous
-    // table is retired. On failure returns false with a reason; the current
-    // table stays. Callers serialise installs (nginx's master at a reload,
-    // or the loader lock under check=).
+    // table is retired. On failure (no room while replaced tables are still
+    // in use) returns false with a reason; the current table stays. Callers
+    // serialise installs (nginx's master at a reload, or the loader lock
+    // under check=).
     bool install(const TableImage &image, const FileIdentity &file, std::int64_t now,
                  std::string &error) noexcept;
 
@@ -142,31 +148,38 @@ public:
     Ref acquire() noexcept;
     void release(Ref &ref) noexcept;
 
-    // A failed load of this file version, reported once: check= then waits
-    // for the next change instead of retrying (and logging) every interval.
-    void record_failure(const FileIdentity &file, std::int64_t now,
-                        std::string_view reason) noexcept;
+    // A failed load of this file version. A file that is wrong waits for
+    // the next change; a load that found no room (transient) is retried.
+    // Either is reported once per version.
+    void record_failure(const FileIdentity &file, std::int64_t now, std::string_view reason,
+                        bool transient) noexcept;
     bool failed_for(const FileIdentity &file) const noexcept {
         return state_->failed_at != 0 && state_->failed_file == file;
     }
+    bool gave_up_on(const FileIdentity &file) const noexcept {
+        return failed_for(file) && !state_->failed_transiently;
+    }
+    // The file is back to the version in force: forget a failure.
+    void clear_failure() noexcept;
 
     bool try_lock_loader(std::uint32_t pid) noexcept;
     void unlock_loader() noexcept;
 
 private:
-    void publish_oldest() noexcept;
-    const PublishedTable *current() const noexcept;
+    static constexpr int kOverflow = -2;  // Ref::entry of a request counted under the floor
 
-    struct LocalRef {
-        std::uint64_t generation;
-        std::uint32_t count;
-    };
+    void set_floor(std::uint64_t floor) noexcept;
+    const PublishedTable *current() const noexcept;
 
     ZoneMemory *memory_ = nullptr;
     SharedTablesState *state_ = nullptr;
     UsageTable usage_;
     ReaderSlot *slot_ = nullptr;
-    LocalRef refs_[4] = {};  // generations in use by this process's requests
+    // Requests per generation, mirroring slot_->held. Beyond kHeldPerReader
+    // distinct generations, requests are covered by a standing floor.
+    std::uint32_t counts_[kHeldPerReader] = {};
+    std::uint32_t overflow_count_ = 0;
+    std::uint64_t overflow_floor_ = kNoGeneration;
 };
 
 }  // namespace apikey

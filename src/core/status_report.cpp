@@ -208,6 +208,15 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
         }
     }
 
+    help("api_key_zone_untracked_requests_total", "counter",
+         "Requests of keys that found no free usage slot (counted in the zone totals only).");
+    for (const ZoneReport &r : zones) {
+        if (r.usage == nullptr || !r.usage->valid()) continue;
+        out += "api_key_zone_untracked_requests_total{";
+        label(out, "zone", r.zone);
+        out += "} " + std::to_string(load(r.usage->totals().untracked)) + '\n';
+    }
+
     help("api_key_requests_total", "counter", "Requests per key by outcome (keys used since start).");
     std::string last_used;
     for (const ZoneReport &r : zones) {
