@@ -204,14 +204,14 @@ size_t usage_capacity_for(size_t zone_size) noexcept {
     return capacity < 64 ? 64 : capacity;
 }
 
-// Shared memory a slab pool needs for two tables of this size (the one in
-// use and its successor, at a reload or under check=), the zone state and
-// the usage counters: its own header and page descriptors, and whole pages
-// per allocation.
-size_t zone_size_needed(size_t image_size, size_t usage_capacity) noexcept {
+// Shared memory a slab pool needs for `tables` tables of this size (two:
+// the one in use and its successor, at a reload or under check=), the zone
+// state and the usage counters: its own header and page descriptors, and
+// whole pages per allocation.
+size_t zone_size_needed(size_t image_size, size_t usage_capacity, unsigned tables = 2) noexcept {
     const size_t page = ngx_pagesize;
     auto pages_of = [page](size_t bytes) { return (bytes + page - 1) / page; };
-    const size_t pages = 2 * pages_of(apikey::shared_tables_bytes(image_size, 1)) +
+    const size_t pages = tables * pages_of(apikey::shared_tables_bytes(image_size, 1)) +
                          pages_of(apikey::UsageTable::bytes_for(usage_capacity)) + 6;
     return pages * (page + sizeof(ngx_slab_page_t)) + page;
 }
@@ -237,12 +237,15 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     }
     zone->shared.attach(&zone->memory, state);
 
+    // At a reload, requests that started before the previous reload may
+    // still hold its table: then three tables must fit.
     std::string error;
     if (!zone->shared.install(zone->image, zone->file, ngx_time(), error)) {
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
-                      "api_key_zone \"%V\": %s; a zone of %uzk holds two tables of this file",
+                      "api_key_zone \"%V\": %s; requests that started before an earlier "
+                      "reload still hold its table; a zone of %uzk holds three tables of this file",
                       &shm_zone->shm.name, error.c_str(),
-                      zone_size_needed(zone->image.size(), zone->usage_capacity) / 1024 + 1);
+                      zone_size_needed(zone->image.size(), zone->usage_capacity, 3) / 1024 + 1);
         return NGX_ERROR;
     }
     zone->image = apikey::TableImage();

@@ -42,7 +42,7 @@ class Result(unittest.TestResult):
     def __init__(self, stream):
         super().__init__()
         self.stream = stream
-        self.passed = self.failed = self.skipped = 0
+        self.passed = self.failed = self.skip_count = 0
         self.t0 = {}
         self.problems = []
 
@@ -75,7 +75,7 @@ class Result(unittest.TestResult):
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
-        self.skipped += 1
+        self.skip_count += 1
         self._line("skip", test, "  # " + reason)
 
     def addExpectedFailure(self, test, err):
@@ -120,8 +120,8 @@ def main(argv):
         out.write("\n" + "=" * 70 + "\n%s: %s\n" % (word, test.id()) + "-" * 70 + "\n")
         out.write(text)
     summary = "integration: %d passed, %d failed" % (result.passed, result.failed)
-    if result.skipped:
-        summary += ", %d skipped" % result.skipped
+    if result.skip_count:
+        summary += ", %d skipped" % result.skip_count
     out.write("\n(%.1fs)\n%s\n" % (took, summary))
     out.flush()
     return 0 if result.failed == 0 and result.passed > 0 else 1

@@ -14,6 +14,7 @@
 #include <yaml-cpp/mark.h>
 #include <yaml-cpp/parser.h>
 
+#include "quoted.h"
 #include "timestamp.h"
 #include "yaml_subset.h"
 
@@ -22,8 +23,6 @@ namespace apikey {
 namespace {
 
 constexpr std::size_t kMaxTextLength = 128;
-
-std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
 // Ids, owners, plans and scopes end up in logs, headers and JSON: printable
 // ASCII without blanks, quotes or backslashes keeps every one of them safe.
@@ -182,7 +181,7 @@ private:
         case State::done:
             throw KeyFileError(line(mark), "the file holds more than one YAML document");
         default:
-            throw KeyFileError(line(mark), std::string("unexpected ") + what);
+            throw KeyFileError(line(mark), std::string(what) + " is not expected here");
         }
     }
 

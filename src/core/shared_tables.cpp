@@ -109,7 +109,7 @@ bool SharedTables::install(const TableImage &image, const FileIdentity &file, st
     void *p = memory_->allocate(bytes);
     if (p == nullptr) {
         error = "the zone has no room for the new key table (" + std::to_string(bytes / 1024 + 1) +
-                "k) beside the one in use";
+                "k) beside the ones in use";
         return false;
     }
     auto *published = static_cast<PublishedTable *>(p);

@@ -6,7 +6,8 @@
 // period, the current partial one included, hold fewer than `count`. That
 // sum covers at least the whole trailing period, so the limit is never
 // exceeded at any instant; it may cover up to one bucket more, so a client
-// sending at twice its rate still gets about 15/15.5 ~ 97% of its limit.
+// sending at twice its rate still gets about 15/16 ~ 94% of its limit over
+// time (at least 85% in any one period; tests/sliding_window_test.cpp).
 // (GCRA and fixed windows, as in limit_req, Kong or Envoy, let up to twice
 // the limit through in some window.)
 #pragma once

@@ -4,11 +4,11 @@
 #include <chrono>
 #include <unordered_set>
 
+#include "quoted.h"
+
 namespace apikey {
 
 namespace {
-
-std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
 std::uint64_t align8(std::uint64_t n) noexcept { return (n + 7) & ~std::uint64_t{7}; }
 
