@@ -82,7 +82,12 @@ std::optional<std::int64_t> parse_timestamp(std::string_view s) noexcept {
         return std::nullopt;
     }
     const std::int64_t offset = zh * 3600 + zm * 60;
-    return s[pos] == '+' ? seconds - offset : seconds + offset;
+    seconds = s[pos] == '+' ? seconds - offset : seconds + offset;
+    // An offset can push a time before 1970 or past 9999: not a time a key
+    // file means, and not one format_timestamp could write back.
+    constexpr std::int64_t kLast = 253402300799;  // 9999-12-31T23:59:59Z
+    if (seconds < 0 || seconds > kLast) return std::nullopt;
+    return seconds;
 }
 
 void format_timestamp(std::int64_t seconds, char out[20]) noexcept {

@@ -33,7 +33,10 @@ bool is_safe_plain(std::string_view s, bool in_flow) noexcept {
     for (std::size_t i = 0; i < s.size(); i++) {
         char c = s[i];
         if (c == ':' && i + 1 < s.size() && s[i + 1] == ' ') return false;
-        if (in_flow && (c == ',' || c == '[' || c == ']' || c == '{' || c == '}')) return false;
+        // yaml-cpp ends a plain scalar at '?' inside a flow collection.
+        if (in_flow && (c == ',' || c == '[' || c == ']' || c == '{' || c == '}' || c == '?')) {
+            return false;
+        }
     }
     return true;
 }
@@ -259,6 +262,7 @@ private:
                 std::size_t colon = item.find(": ");
                 if (colon == std::string_view::npos) bail("a flow map entry without \": \"");
                 std::string_view key = item.substr(0, colon);
+                while (!key.empty() && key.back() == ' ') key.remove_suffix(1);
                 std::string_view value = item.substr(colon + 2);
                 std::size_t vlead = value.find_first_not_of(' ');
                 if (vlead == std::string_view::npos) bail("an empty flow map value");
@@ -309,7 +313,13 @@ private:
 }  // namespace
 
 void read_yaml_subset(std::string_view text, YAML::EventHandler &handler) {
-    if (text.substr(0, 3) == "\xef\xbb\xbf") bail("byte order mark");
+    // Printable ASCII and newlines only, comments included: yaml-cpp guesses
+    // the encoding from the first bytes (a NUL makes it UTF-16), and
+    // everything else is its to read.
+    for (char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        if ((u < 0x20 && c != '\n') || u >= 0x7f) bail("a byte outside printable ASCII");
+    }
     Reader<false>(text, nullptr).document();
     Reader<true>(text, &handler).document();
 }
