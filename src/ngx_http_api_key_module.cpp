@@ -252,36 +252,43 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     return NGX_OK;
 }
 
+// The NAME:SIZE argument of api_key_zone and api_key_limit_zone, in
+// limit_req_zone's words; nullptr after an error was logged.
+ngx_shm_zone_t *add_zone(ngx_conf_t *cf, ngx_str_t &arg, void *tag) noexcept {
+    const std::string_view text = to_view(arg);
+    const size_t colon = text.find(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone \"%V\"", &arg);
+        return nullptr;
+    }
+    ngx_str_t name = {colon, arg.data};
+    ngx_str_t size_text = {text.size() - colon - 1, arg.data + colon + 1};
+    const ssize_t size = ngx_parse_size(&size_text);
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &arg);
+        return nullptr;
+    }
+    if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &arg);
+        return nullptr;
+    }
+    ngx_shm_zone_t *shm_zone = ngx_shared_memory_add(cf, &name, static_cast<size_t>(size), tag);
+    if (shm_zone == nullptr) return nullptr;
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"", &name);
+        return nullptr;
+    }
+    return shm_zone;
+}
+
 // api_key_zone NAME:SIZE file=PATH [check=TIME];
 char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
-    ngx_str_t name = ngx_null_string;
-    ssize_t size = 0;
     ngx_str_t file = ngx_null_string;
     ngx_msec_t check = 0;
 
-    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = to_view(value[i]);
-        if (i == 1) {
-            size_t colon = arg.find(':');
-            if (colon == std::string_view::npos || colon == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone \"%V\"", &value[i]);
-                return conf_error();
-            }
-            name.data = value[i].data;
-            name.len = colon;
-            ngx_str_t s = {arg.size() - colon - 1, value[i].data + colon + 1};
-            size = ngx_parse_size(&s);
-            if (size == NGX_ERROR) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &value[i]);
-                return conf_error();
-            }
-            if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &value[i]);
-                return conf_error();
-            }
-            continue;
-        }
         if (arg.substr(0, 5) == "file=" && arg.size() > 5) {
             file.data = value[i].data + 5;
             file.len = value[i].len - 5;
@@ -307,12 +314,10 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         return conf_error();
     }
 
-    ngx_shm_zone_t *shm_zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_api_key_module);
+    ngx_shm_zone_t *shm_zone = add_zone(cf, value[1], &ngx_http_api_key_module);
     if (shm_zone == nullptr) return conf_error();
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"", &name);
-        return conf_error();
-    }
+    const ngx_str_t name = shm_zone->shm.name;
+    const size_t size = shm_zone->shm.size;
 
     shm_zone->init = init_key_zone;
     // "nginx -s reload|stop|quit" reads the configuration only to find the
@@ -325,7 +330,7 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         zone->name = name;
         zone->path = to_string(file);
         zone->check = check;
-        zone->usage_capacity = usage_capacity_for(static_cast<size_t>(size));
+        zone->usage_capacity = usage_capacity_for(size);
         // The version is taken before reading: if the file changes during
         // the read, check= sees a difference and loads it again.
         if (!apikey::identify_file(zone->path, zone->file)) {
@@ -334,7 +339,7 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
         }
         zone->image = apikey::load_key_file(zone->path);
 
-        if (static_cast<size_t>(size) < zone_size_needed(zone->image.size(), zone->usage_capacity)) {
+        if (size < zone_size_needed(zone->image.size(), zone->usage_capacity)) {
             // The usage counters grow with the zone: the smallest zone that
             // fits is found by going up until the need stops growing.
             size_t needed = zone_size_needed(zone->image.size(), 0);
@@ -521,33 +526,11 @@ ngx_int_t init_limit_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
 // api_key_limit_zone NAME:SIZE;
 char *api_key_limit_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
-    std::string_view arg = to_view(value[1]);
-    size_t colon = arg.find(':');
-    if (colon == std::string_view::npos || colon == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone \"%V\"", &value[1]);
-        return conf_error();
-    }
-    ngx_str_t name = {colon, value[1].data};
-    ngx_str_t size_text = {arg.size() - colon - 1, value[1].data + colon + 1};
-    ssize_t size = ngx_parse_size(&size_text);
-    if (size == NGX_ERROR) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid zone size \"%V\"", &value[1]);
-        return conf_error();
-    }
-    if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "zone \"%V\" is too small", &value[1]);
-        return conf_error();
-    }
-
-    ngx_shm_zone_t *shm_zone = ngx_shared_memory_add(cf, &name, size, &limit_zone_tag);
+    ngx_shm_zone_t *shm_zone = add_zone(cf, value[1], &limit_zone_tag);
     if (shm_zone == nullptr) return conf_error();
-    if (shm_zone->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate zone \"%V\"", &name);
-        return conf_error();
-    }
     auto *zone = static_cast<LimitZone *>(ngx_pcalloc(cf->pool, sizeof(LimitZone)));
     if (zone == nullptr) return conf_error();
-    zone->name = name;
+    zone->name = shm_zone->shm.name;
     shm_zone->data = zone;
     shm_zone->init = init_limit_zone;
     return conf_ok();
