@@ -73,6 +73,9 @@ struct LimitZone {
 // Distinguishes limit zones from key zones among nginx's shared zones.
 int limit_zone_tag;
 
+// api_key_limit lines per configuration level; a request checks each once.
+constexpr size_t kMaxLimits = 8;
+
 struct Source {
     ngx_str_t header;  // lower case; empty for "bearer"
 };
@@ -427,7 +430,9 @@ char *api_key_source(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
                 return conf_error();
             }
         }
-        *static_cast<Source *>(ngx_array_push(lcf->sources)) = source;
+        auto *slot = static_cast<Source *>(ngx_array_push(lcf->sources));
+        if (slot == nullptr) return conf_error();
+        *slot = source;
     }
     return conf_ok();
 }
@@ -475,7 +480,9 @@ char *api_key_scope(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid scope \"%V\"", &value[i]);
             return conf_error();
         }
-        *static_cast<ngx_str_t *>(ngx_array_push(rule->scopes)) = value[i];
+        auto *slot = static_cast<ngx_str_t *>(ngx_array_push(rule->scopes));
+        if (slot == nullptr) return conf_error();
+        *slot = value[i];
     }
     return conf_ok();
 }
@@ -493,7 +500,9 @@ char *api_key_plans(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid plan \"%V\"", &value[i]);
             return conf_error();
         }
-        *static_cast<ngx_str_t *>(ngx_array_push(lcf->plans)) = value[i];
+        auto *slot = static_cast<ngx_str_t *>(ngx_array_push(lcf->plans));
+        if (slot == nullptr) return conf_error();
+        *slot = value[i];
     }
     return conf_ok();
 }
@@ -544,6 +553,11 @@ char *api_key_limit(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     if (lcf->limits == NGX_CONF_UNSET_PTR) {
         lcf->limits = ngx_array_create(cf->pool, 4, sizeof(LimitConf));
         if (lcf->limits == nullptr) return conf_error();
+    }
+    if (lcf->limits->nelts == kMaxLimits) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "too many \"api_key_limit\" here, at most %uz",
+                           kMaxLimits);
+        return conf_error();
     }
     if (!is_identifier(value[2])) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid category \"%V\"", &value[2]);
@@ -708,7 +722,9 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
     if (conf->sources == nullptr) {
         conf->sources = ngx_array_create(cf->pool, 1, sizeof(Source));
         if (conf->sources == nullptr) return conf_error();
-        *static_cast<Source *>(ngx_array_push(conf->sources)) = Source{ngx_null_string};
+        auto *bearer = static_cast<Source *>(ngx_array_push(conf->sources));
+        if (bearer == nullptr) return conf_error();
+        *bearer = Source{ngx_null_string};
     }
 
     if (!make_challenge(cf, conf)) return conf_error();
@@ -815,6 +831,10 @@ ngx_int_t hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noex
         if (!carrier) *static_cast<ngx_table_elt_t *>(ngx_list_push(&kept)) = h;
     });
     r->headers_in.headers = kept;
+    // The copy's `last` still points at the local list's first part; a
+    // module that adds a header later (e.g. ngx.req.set_header) must find
+    // the request's own list there.
+    r->headers_in.headers.last = &r->headers_in.headers.part;
     if (hide_bearer) r->headers_in.authorization = nullptr;
     return NGX_OK;
 }
@@ -978,7 +998,6 @@ void warn_zone_full(ngx_http_request_t *r, LimitZone *zone) noexcept {
 // rate replaced both) count once, at the strictest rate. A refusal by one
 // takes back what the earlier ones counted: refused requests spend nothing.
 Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
-    constexpr size_t kMaxLimits = 8;
     struct Budget {
         LimitZone *zone;
         std::uint64_t id;

@@ -42,6 +42,9 @@ NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 MODULE = os.path.abspath(os.environ.get(
     "API_KEY_MODULE", os.path.join(REPO, "build", "module", "ngx_http_api_key_module.so")))
 KEEP = os.environ.get("KEEP") == "1"
+# nginx reads $NGINX as sockets inherited from a binary upgrade: the variable
+# that names the binary here must not reach it.
+NGINX_ENV = {k: v for k, v in os.environ.items() if k != "NGINX"}
 
 REQUEST_ID_RE = re.compile(r"^req_[0-9a-z]{12,}$")
 BASE62 = string.ascii_letters + string.digits
@@ -539,7 +542,7 @@ class Nginx:
         cmd = [NGINX, "-p", self.prefix + "/", "-c", self.conf, "-e", self.error_log_path]
         cmd += list(args)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=timeout)
+                              timeout=timeout, env=NGINX_ENV)
         return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
     def test_config(self, timeout=120.0):

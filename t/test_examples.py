@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import MODULE, NGINX, REPO, KeyFile, Nginx, free_port
+from harness import MODULE, NGINX, NGINX_ENV, REPO, KeyFile, Nginx, free_port
 
 CONF = os.path.join(REPO, "conf")
 APIKEYCTL = os.environ.get("APIKEYCTL", os.path.join(REPO, "build", "cmake", "apikeyctl"))
@@ -62,7 +62,8 @@ class ExamplesTest(unittest.TestCase):
                 f.write(text)
             proc = subprocess.run([NGINX, "-t", "-p", prefix + "/", "-c", conf,
                                    "-e", os.path.join(prefix, "error.log")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60,
+                                  env=NGINX_ENV)
             self.assertEqual(proc.returncode, 0,
                              "conf/demo.nginx.conf passes nginx -t:\n%s" % proc.stdout.decode())
         finally:

@@ -88,3 +88,31 @@ TEST(KeyDigestCache, DifferentSecretsIndexDifferently) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(KeyDigestCache, TwoKeysOfOneSetBothStay) {
+    // Find two keys that land in the same set: with two ways both stay.
+    auto cache = std::make_unique<apikey::KeyDigestCache>();
+    const apikey::SipKey secret{5, 6};
+    cache->seed(secret);
+    const std::size_t sets = apikey::KeyDigestCache::kEntries / apikey::KeyDigestCache::kWays;
+    std::string first = "wfk_same_set_key_0";
+    const std::size_t set = apikey::siphash128(secret, first)[0] % sets;
+    std::string second;
+    for (int i = 1; second.empty(); i++) {
+        std::string k = "wfk_same_set_key_" + std::to_string(i);
+        if (apikey::siphash128(secret, k)[0] % sets == set) second = k;
+    }
+    cache->remember(first, apikey::sha256(first));
+    cache->remember(second, apikey::sha256(second));
+    apikey::Digest out{};
+    for (int round = 0; round < 3; round++) {
+        ASSERT_TRUE(cache->find(first, out)) << "round " << round;
+        EXPECT_EQ(out, apikey::sha256(first));
+        ASSERT_TRUE(cache->find(second, out)) << "round " << round;
+        EXPECT_EQ(out, apikey::sha256(second));
+    }
+}
+
+}  // namespace

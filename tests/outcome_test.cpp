@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/limit_policy.h"
 #include "core/outcome.h"
 
 namespace apikey {
@@ -412,22 +413,34 @@ TEST(WriteErrorBody, ValidUtf8ScopeIsKeptInvalidIsReplaced) {
     EXPECT_NE(bad->message.find("z'."), std::string::npos) << bad->message;
 }
 
-TEST(WriteErrorBody, DetailIsCutTo128Bytes) {
-    const std::string scope = std::string(128, 'a') + "TAIL";
+TEST(WriteErrorBody, DetailIsCutToKMaxDetailBytes) {
+    const std::string scope = std::string(kMaxDetail, 'a') + "TAIL";
     auto env = envelope(body(Outcome::insufficient_scope, "req_x", scope));
     ASSERT_TRUE(env);
-    EXPECT_EQ(env->message,
-              "The API key does not have the required scope '" + std::string(128, 'a') + "'.");
+    EXPECT_EQ(env->message, "The API key does not have the required scope '" +
+                                std::string(kMaxDetail, 'a') + "'.");
+}
+
+TEST(WriteErrorBody, DetailHoldsTheLongestRateDescription) {
+    // A 128-byte category and the largest rate: the 429 message is whole.
+    char detail[kMaxLimitDetail];
+    const std::size_t n =
+        describe_limit(detail, Rate{1000000000, 3600}, std::string(128, 'c'));
+    ASSERT_LE(n, kMaxDetail);
+    auto env = envelope(body(Outcome::rate_limited, "req_x", std::string_view(detail, n)));
+    ASSERT_TRUE(env);
+    EXPECT_NE(env->message.find(std::string(128, 'c') + "' requests."), std::string::npos)
+        << env->message;
 }
 
 TEST(WriteErrorBody, CutInsideAMultiByteCharacterStaysValid) {
-    // 127 ASCII bytes then "é": the cut at 128 leaves a lone lead byte.
-    const std::string scope = std::string(127, 'a') + "\xc3\xa9";
+    // ASCII bytes then "é" across the cut: a lone lead byte is left.
+    const std::string scope = std::string(kMaxDetail - 1, 'a') + "\xc3\xa9";
     const std::string text = body(Outcome::insufficient_scope, "req_x", scope);
     auto env = envelope(text);
     ASSERT_TRUE(env) << text;
     EXPECT_EQ(env->message, "The API key does not have the required scope '" +
-                                std::string(127, 'a') + "\xef\xbf\xbd'.");
+                                std::string(kMaxDetail - 1, 'a') + "\xef\xbf\xbd'.");
 }
 
 TEST(WriteErrorBody, RequestIdIsEscapedAndCutTo64Bytes) {

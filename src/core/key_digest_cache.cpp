@@ -75,28 +75,39 @@ std::array<std::uint64_t, 2> siphash128(const SipKey &key, std::string_view data
     return {h0, h1};
 }
 
-void KeyDigestCache::seed(const SipKey &secret) noexcept {
-    secret_ = secret;
-    seeded_ = true;
-    entries_ = {};
-}
-
 bool KeyDigestCache::find(std::string_view key, Digest &digest) const noexcept {
     if (!seeded_) return false;
     const auto tag = siphash128(secret_, key);
-    const Entry &e = entries_[tag[0] % kEntries];
-    if (e.tag[0] != tag[0] || e.tag[1] != tag[1] || (tag[0] | tag[1]) == 0) return false;
-    digest = e.digest;
-    return true;
+    if ((tag[0] | tag[1]) == 0) return false;  // the empty tag marks a free entry
+    const std::size_t set = tag[0] % (kEntries / kWays);
+    for (std::size_t way = 0; way < kWays; way++) {
+        const Entry &e = entries_[set * kWays + way];
+        if (e.tag[0] == tag[0] && e.tag[1] == tag[1]) {
+            digest = e.digest;
+            return true;
+        }
+    }
+    return false;
 }
 
 void KeyDigestCache::remember(std::string_view key, const Digest &digest) noexcept {
     if (!seeded_) return;
     const auto tag = siphash128(secret_, key);
-    Entry &e = entries_[tag[0] % kEntries];
+    const std::size_t set = tag[0] % (kEntries / kWays);
+    // The way not used last makes room (with two ways: least recently added).
+    const std::size_t way = recent_[set] ^ 1u;
+    Entry &e = entries_[set * kWays + way];
     e.tag[0] = tag[0];
     e.tag[1] = tag[1];
     e.digest = digest;
+    recent_[set] = static_cast<std::uint8_t>(way);
+}
+
+void KeyDigestCache::seed(const SipKey &secret) noexcept {
+    secret_ = secret;
+    seeded_ = true;
+    entries_ = {};
+    recent_ = {};
 }
 
 }  // namespace apikey

@@ -33,8 +33,9 @@ struct OutcomeInfo {
 
 const OutcomeInfo &describe(Outcome outcome) noexcept;
 
-// Largest detail written into a message (a scope name is at most 128 bytes).
-constexpr std::size_t kMaxDetail = 128;
+// Largest detail written into a message: a scope name (at most 128 bytes)
+// or a rate limit's description (limit_policy.h, under 200).
+constexpr std::size_t kMaxDetail = 200;
 // Enough for the longest envelope: fixed text, the longest message, and a
 // detail and request id escaped at six bytes per input byte.
 constexpr std::size_t kMaxRequestId = 64;
