@@ -118,6 +118,7 @@ struct RequestCtx {
     bool identified;      // digest and environment are set
     Outcome presented;    // the outcome of reading the key when not identified
     apikey::Digest digest;
+    std::string_view uncached_key;  // to remember once the table has found it
     Outcome outcome;
     apikey::Environment environment;
     const apikey::KeyRecord *record;  // in table_ref's table
@@ -974,11 +975,7 @@ RequestCtx *create_ctx(ngx_http_request_t *r, const ApiKeyLocConf *lcf) noexcept
         ctx->presented = apikey::identify_key(ctx->table_ref.table, keys.key(), ctx->environment,
                                               ctx->digest, &key_digests, &cached);
         ctx->identified = ctx->presented == Outcome::accepted;
-        // Only keys the table knows are remembered: random keys cannot
-        // push real ones out of the cache.
-        if (ctx->identified && !cached && ctx->table_ref.table.find(ctx->digest) != nullptr) {
-            key_digests.remember(keys.key(), ctx->digest);
-        }
+        if (ctx->identified && !cached) ctx->uncached_key = keys.key();
         break;
     }
     return ctx;
@@ -1083,6 +1080,13 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
         verdict.outcome = ctx->presented;
     }
     ctx->record = verdict.record;
+    // Only keys the table knows are remembered: random keys cannot push
+    // real ones out of the cache. (The key's bytes are the request's header
+    // memory, still there even when the header was hidden.)
+    if (ctx->record != nullptr && !ctx->uncached_key.empty()) {
+        key_digests.remember(ctx->uncached_key, ctx->digest);
+        ctx->uncached_key = {};
+    }
     ctx->dry_run = lcf->dry_run;
     if (verdict.outcome == Outcome::accepted && lcf->limits != nullptr) {
         // Once per request: an internal redirect (index, try_files) runs the
