@@ -658,7 +658,7 @@ class Nginx:
         allow_emerg = self.allow_emerg if allow_emerg is None else allow_emerg
         bad = []
         for line in self.error_log(offset).splitlines():
-            if "[alert]" in line or "exited on signal" in line:
+            if "[alert]" in line or "[crit]" in line or "exited on signal" in line:
                 bad.append(line)
             elif "[emerg]" in line and not allow_emerg:
                 bad.append(line)
@@ -782,3 +782,208 @@ def bearer(key):
 
 def xkey(key):
     return [("x-api-key", key)]
+
+
+# --------------------------------------------------------------------------
+# recording upstream and raw-socket sender (for the enforcement tests)
+
+class RecordingUpstream:
+    """A threaded HTTP server on 127.0.0.1 that answers every request with a
+    fixed body and remembers what it got, so a test can assert that a backend
+    was (or was never) reached.
+
+    Each recorded request is a dict: method, path, headers (a Headers),
+    body (bytes). A request is recorded before it is answered, so once the
+    client has nginx's response, a request that went upstream is recorded.
+    """
+
+    def __init__(self, body=b"recorded\n", status=200, content_type="text/plain"):
+        self.body = body if isinstance(body, bytes) else body.encode()
+        self.status = status
+        self.content_type = content_type
+        self._lock = threading.Lock()
+        self._requests = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_version = "recorder"
+            sys_version = ""
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                req_body = self.rfile.read(length) if length else b""
+                with recorder._lock:
+                    recorder._requests.append({
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": Headers(self.headers.items()),
+                        "body": req_body,
+                    })
+                self.send_response(recorder.status)
+                self.send_header("Content-Type", recorder.content_type)
+                self.send_header("Content-Length", str(len(recorder.body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(recorder.body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _answer
+
+        self._server = _EchoServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="recording-upstream",
+                         daemon=True).start()
+
+    def requests(self, contains=None):
+        """The requests received so far (those whose path contains `contains`)."""
+        with self._lock:
+            reqs = list(self._requests)
+        if contains is not None:
+            reqs = [r for r in reqs if contains in r["path"]]
+        return reqs
+
+    def paths(self, contains=None):
+        return [r["path"] for r in self.requests(contains)]
+
+    def clear(self):
+        with self._lock:
+            self._requests = []
+
+    def wait_for(self, count=1, contains=None, timeout=5.0):
+        """Waits until at least `count` (matching) requests arrived; returns them."""
+        return wait_until(lambda: len(self.requests(contains)) >= count and
+                          self.requests(contains), timeout,
+                          what="%d request(s) at the recording upstream" % count)
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def parse_response(data, method="GET"):
+    """A Response from the raw bytes of one HTTP/1.x response (as request()
+    parses them); raises ValueError when the head is incomplete."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("incomplete response: %r" % data[:500])
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status = int(parts[1])
+    reason = parts[2] if len(parts) > 2 else ""
+    pairs = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        pairs.append((name.strip(), value.strip()))
+    hdrs = Headers(pairs)
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        body = rest
+    elif "chunked" in (hdrs.get("Transfer-Encoding") or "").lower():
+        body = _dechunk(rest)
+    elif hdrs.get("Content-Length") is not None:
+        body = rest[:int(hdrs.get("Content-Length"))]
+    else:
+        body = rest
+    return Response(status, reason, hdrs, body, data)
+
+
+def send_raw(port, data, shutdown_write=False, timeout=10.0, method="GET"):
+    """Sends `data` exactly as given on a new connection, optionally closes
+    the client's write side (shutdown(SHUT_WR)) right after, and reads until
+    nginx closes the connection, resets it, or a complete response (by
+    Content-Length) is in. Returns the parsed Response of the first response;
+    raises ValueError if no complete response head came back, TimeoutError
+    if nothing complete came back in time."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+            if shutdown_write:
+                s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        while True:
+            buf = b"".join(chunks)
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+                if m and len(rest) >= int(m.group(1)):
+                    break
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                if sep:
+                    break
+                raise TimeoutError("no complete response within %.1fs: %r"
+                                   % (timeout, buf[:500]))
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return parse_response(b"".join(chunks), method)
+
+
+class RecordingCase(NginxCase):
+    """NginxCase with recording upstreams: RECORDERS maps a name to the body
+    that upstream answers with; {name} in HTTP is its port and cls.rec[name]
+    the RecordingUpstream. They are started before nginx and closed after."""
+
+    RECORDERS = {}
+    rec = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nginx = None
+        cls._setup_error = None
+        cls._checked_offset = 0
+        cls.rec = {}
+        try:
+            for name, body in cls.RECORDERS.items():
+                cls.rec[name] = RecordingUpstream(body)
+            cls.nginx = Nginx(cls.HTTP, cls.MAIN, ports=cls.PORTS,
+                              vars={name: r.port for name, r in cls.rec.items()},
+                              worker_processes=cls.WORKERS, name=cls.__name__)
+            cls.prepare(cls.nginx)
+            cls.nginx.start()
+        except Exception as e:  # reported by every test, see NginxCase.setUp
+            cls._setup_error = "%s: %s" % (type(e).__name__, e)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            for r in cls.rec.values():
+                r.close()
+
+    def setUp(self):
+        super().setUp()
+        for r in self.rec.values():
+            r.clear()
+
+    def assertRefused(self, resp, status, code, message=None, what="", untouched=()):
+        """A refusal from the module itself: its JSON envelope with `code`
+        (and `message`), none of the recorders named in `untouched` reached,
+        and then the status (checked last, so a refusal whose body is right
+        but whose status was changed on the way out fails on the status)."""
+        ctx = " (%s)" % what if what else ""
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = None
+        code_got = doc.get("error", {}).get("code") if isinstance(doc, dict) else None
+        self.assertEqual(code_got, code, "the module's own %s envelope answers%s; got %r"
+                         % (code, ctx, resp))
+        if message is not None:
+            self.assertEqual(doc["error"].get("message"), message,
+                             "error.message for %s%s" % (code, ctx))
+        for name in untouched:
+            self.assertEqual(self.rec[name].paths(), [],
+                             "the upstream %r was never reached%s" % (name, ctx))
+        self.assertEqual(resp.status, status, "the refusal keeps its status %d%s; got %r"
+                         % (status, ctx, resp))

@@ -6,6 +6,7 @@ leaves both keys valid, and `check` says what nginx -t says.
 APIKEYCTL: the binary (default <repo>/build/cmake/apikeyctl).
 """
 
+import calendar
 import concurrent.futures
 import hashlib
 import json
@@ -18,7 +19,7 @@ import tempfile
 import time
 import unittest
 
-from harness import MESSAGES, REPO, KeyFile, Nginx, bearer, key_hash
+from harness import FUTURE, MESSAGES, PAST, REPO, KeyFile, Nginx, bearer, key_hash
 
 APIKEYCTL = os.path.abspath(os.environ.get(
     "APIKEYCTL", os.path.join(REPO, "build", "cmake", "apikeyctl")))
@@ -43,6 +44,11 @@ HTTP = """
         }
     }
 """
+
+
+def epoch(text):
+    """Seconds since the epoch of a "YYYY-MM-DDTHH:MM:SSZ" time."""
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
 
 
 def ctl(*args, stdin=None, env=None):
@@ -149,6 +155,21 @@ class ApikeyctlNginxTest(CtlMixin, unittest.TestCase):
                          "a revoked key is revoked_api_key, not invalid_api_key")
         self.assertEqual(r.json()["error"]["message"], MESSAGES["revoked_api_key"])
         self.assertEqual(self.code(other), (200, None), "other keys unaffected")
+        self.assertEqual(self.records()[self.key_id]["status"], "revoked")
+
+    def test_a_scheduled_revocation_revoked_now_takes_effect_at_the_reload(self):
+        text = self.read()
+        hash_line = "    hash: %s\n" % key_hash(self.key)
+        self.assertIn(hash_line, text)
+        with open(self.keyfile, "w") as f:
+            f.write(text.replace(hash_line, hash_line + "    revoked_at: %s\n" % FUTURE))
+        self.nginx.reload()
+        self.assertEqual(self.code(self.key), (200, None), "a revocation scheduled for later")
+
+        r = self.run_ok("revoke", self.key_id)
+        self.assertIn("instead of the scheduled %s" % FUTURE, r.stderr)
+        self.nginx.reload()
+        self.assertEqual(self.code(self.key), (401, "revoked_api_key"))
         self.assertEqual(self.records()[self.key_id]["status"], "revoked")
 
     def test_rotate_keeps_both_valid(self):
@@ -409,6 +430,92 @@ class ApikeyctlFileTest(CtlMixin, unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("already revoked", r.stderr)
         self.assertEqual(self.read(), once)
+
+    def test_a_scheduled_revocation_is_revoked_now(self):
+        kf = KeyFile()
+        kf.add("key_later", revoked_at=FUTURE)
+        kf.add("key_past", revoked_at=PAST)
+        kf.write(self.keyfile)
+        before = self.read()
+        self.assertEqual(self.records()["key_later"]["status"], "active", "scheduled, not in force yet")
+
+        t0 = int(time.time())
+        r = ctl("-f", self.keyfile, "revoke", "key_later")
+        t1 = int(time.time())
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertNotIn("already revoked", r.stderr)
+        self.assertIn("revoked key_later", r.stderr)
+        self.assertIn("instead of the scheduled %s" % FUTURE, r.stderr)
+        rec = self.records()["key_later"]
+        self.assertEqual(rec["status"], "revoked")
+        self.assertTrue(t0 <= epoch(rec["revoked_at"]) <= t1, "revoked now: %s" % rec["revoked_at"])
+        self.assertEqual(self.read(), before.replace(FUTURE, rec["revoked_at"], 1),
+                         "only the scheduled time changed")
+
+        # one already in force keeps its time; so does the one just revoked
+        for kid, since in (("key_past", PAST), ("key_later", rec["revoked_at"])):
+            revoked = self.read()
+            r = ctl("-f", self.keyfile, "revoke", kid)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn('apikeyctl: %s: key "%s" is already revoked since %s\n'
+                          % (self.keyfile, kid, since), r.stderr)
+            self.assertEqual(self.read(), revoked)
+        self.assertEqual(self.records()["key_past"]["revoked_at"], PAST)
+
+    def test_revoking_several_ids_revokes_what_it_can_and_names_the_rest(self):
+        kf = KeyFile()
+        kf.add("key_a")
+        kf.add("key_b", revoked_at=PAST)
+        kf.add("key_c")
+        kf.add("key_d", revoked_at=FUTURE)
+        kf.write(self.keyfile)
+        before = self.read()
+
+        t0 = int(time.time())
+        r = ctl("-f", self.keyfile, "revoke", "key_a", "key_b", "key_nope", "key_c", "key_d", "key_a")
+        t1 = int(time.time())
+        self.assertEqual(r.returncode, 1, "an id not revoked makes the exit status 1: %s" % r.stderr)
+        self.assertEqual(r.stdout, "")
+        prefix = "apikeyctl: %s: " % self.keyfile
+        self.assertIn(prefix + 'key "key_b" is already revoked since %s\n' % PAST, r.stderr)
+        self.assertIn(prefix + 'no key with id "key_nope"\n', r.stderr)
+        for kid in ("key_a", "key_c", "key_d"):
+            self.assertIn(prefix + "revoked %s (revoked_at " % kid, r.stderr)
+        self.assertIn(prefix + "2 of 5 key(s) not revoked; the others were\n", r.stderr)
+
+        recs = self.records()
+        self.assertEqual({k: v["status"] for k, v in recs.items()},
+                         {"key_a": "revoked", "key_b": "revoked", "key_c": "revoked", "key_d": "revoked"})
+        self.assertEqual(recs["key_b"]["revoked_at"], PAST, "an earlier revocation is kept")
+        now = recs["key_a"]["revoked_at"]
+        self.assertTrue(t0 <= epoch(now) <= t1, now)
+        self.assertEqual(recs["key_c"]["revoked_at"], now, "one time for the whole write")
+        self.assertEqual(recs["key_d"]["revoked_at"], now, "the scheduled time brought forward")
+
+        # byte for byte: a line added to key_a and key_c, key_d's value replaced
+        after = self.read()
+        expected = before.replace(FUTURE, now)
+        for kid in ("key_a", "key_c"):
+            start = expected.index("  - id: %s\n" % kid)
+            end = expected.index("  - id: ", start + 1)
+            expected = expected[:end] + "    revoked_at: %s\n" % now + expected[end:]
+        self.assertEqual(after, expected)
+        self.assertEqual(self.leftovers(), [])
+
+        # nothing revocable: nothing written, still status 1
+        r = ctl("-f", self.keyfile, "revoke", "key_nope", "key_a")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("2 of 2 key(s) not revoked; nothing was written", r.stderr)
+        self.assertEqual(self.read(), after)
+
+        # every id revoked: status 0
+        _, id1 = self.create("--owner", "u1", "--prefix", "wfk_")
+        _, id2 = self.create("--owner", "u2", "--prefix", "wfk_")
+        r = self.run_ok("revoke", id1, id2)
+        self.assertNotIn("not revoked", r.stderr)
+        recs = self.records()
+        self.assertEqual((recs[id1]["status"], recs[id2]["status"]), ("revoked", "revoked"))
 
     def test_prefix_rules(self):
         self.create("--owner", "u", "--prefix", "jfi_sk_live_", "--environment", "live")

@@ -290,8 +290,8 @@ class LiveReloadFailureTest(LiveCase):
         offset = self.nginx.error_log_size()
         os.rename(self.keyfile, self.keyfile + ".gone")
         self.wait_log(offset, r'\[error\] .*api_key_zone "keys": ' +
-                      re.escape(self.keyfile + ": cannot stat"),
-                      what="the [error] '%s: cannot stat: ...'" % self.keyfile)
+                      re.escape(self.keyfile + ": stat() failed"),
+                      what="the [error] '%s: stat() failed: ...'" % self.keyfile)
         time.sleep(6 * self.CHECK_S)
         lines = error_lines(self.nginx, offset, 'api_key_zone "keys": ')
         self.assertEqual(len(lines), 1, "a missing file is logged exactly once after 6 check "
@@ -301,7 +301,7 @@ class LiveReloadFailureTest(LiveCase):
             self.assertEqual(outcome(self.nginx, self.k1), (200, None),
                              "the table in force keeps serving without its file (#%d)" % i)
         st = zone_status(self.nginx)
-        self.assertIn("cannot stat", st["last_error"] or "",
+        self.assertIn("stat() failed", st["last_error"] or "",
                       "status last_error says the file cannot be stat()ed")
         self.assertEqual(st["generation"], gen, "no load, same generation")
         self.assertEqual(st["keys"], 2, "still 2 keys in force")
@@ -324,7 +324,7 @@ class LiveReloadFailureTest(LiveCase):
         loaded), so the error must be cleared without a load."""
         offset = self.nginx.error_log_size()
         os.rename(self.keyfile, self.keyfile + ".gone")
-        self.wait_log(offset, re.escape(self.keyfile + ": cannot stat"),
+        self.wait_log(offset, re.escape(self.keyfile + ": stat() failed"),
                       what="the missing file's error")
         os.rename(self.keyfile + ".gone", self.keyfile)
         time.sleep(4 * self.CHECK_S)
@@ -410,7 +410,14 @@ class LiveReloadSwapsTest(LiveCase):
         st = self.wait_generation(gen0 + self.SWAPS)
         self.assertEqual(st["generation"], gen0 + self.SWAPS,
                          "generation grew by exactly %d: every swap applied once" % self.SWAPS)
-        loads = re.findall(LOADED_RE % re.escape(self.keyfile), self.nginx.error_log(offset))
+        # The loader thread's notice is logged by the event loop at its next poll.
+        def loads_logged():
+            found = re.findall(LOADED_RE % re.escape(self.keyfile), self.nginx.error_log(offset))
+            return found if len(found) >= self.SWAPS else None
+        try:
+            loads = wait_until(loads_logged, 2.0, what="the last 'loaded' notice")
+        except TimeoutError:
+            loads = re.findall(LOADED_RE % re.escape(self.keyfile), self.nginx.error_log(offset))
         self.assertEqual(len(loads), self.SWAPS,
                          "one 'loaded' notice per version: one worker loads each")
         self.assertEqual(error_lines(self.nginx, offset, "api_key_zone"), [],

@@ -170,6 +170,72 @@ TEST_F(CliAtomicFile, LockIsExclusive) {
     FileLock again(path_, std::chrono::milliseconds(0));  // released with the first
 }
 
+// --- the lock file and the temp file are never someone else's file
+
+TEST_F(CliAtomicFile, ASymlinkedLockFileIsRefusedAndItsTargetUntouched) {
+    const std::string victim = dir_ + "/victim";
+    put(victim, "precious\n", 0600);
+    put(path_, kOld, 0644);
+    fs::create_symlink(victim, FileLock::lock_path_for(path_));
+    try {
+        FileLock lock(path_, std::chrono::milliseconds(0));
+        FAIL() << "a symlinked lock file must be refused";
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("symbolic link"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find(FileLock::lock_path_for(path_)), std::string::npos);
+    }
+    EXPECT_THROW(update_key_file(path_, [](KeyFileEditor &) {}), Error);
+    EXPECT_EQ(slurp(victim), "precious\n");
+    EXPECT_EQ(mode_of(victim), 0600u);
+    EXPECT_EQ(slurp(path_), kOld);
+}
+
+TEST_F(CliAtomicFile, ADanglingLockSymlinkCreatesNothingAtItsTarget) {
+    const std::string target = dir_ + "/would-be-created";
+    fs::create_symlink(target, FileLock::lock_path_for(path_));
+    EXPECT_THROW(FileLock(path_, std::chrono::milliseconds(0)), Error);
+    EXPECT_FALSE(fs::exists(target));
+}
+
+TEST_F(CliAtomicFile, ALockPathThatIsNotARegularFileIsRefusedWithoutHanging) {
+    const std::string lock = FileLock::lock_path_for(path_);
+    ASSERT_EQ(::mkfifo(lock.c_str(), 0600), 0);
+    try {
+        FileLock l(path_, std::chrono::milliseconds(0));
+        FAIL() << "a FIFO is not a lock file";
+    } catch (const Error &e) {
+        EXPECT_NE(std::string(e.what()).find("a FIFO, not a regular file"), std::string::npos) << e.what();
+    }
+    fs::remove(lock);
+    fs::create_directory(lock);
+    EXPECT_THROW(FileLock(path_, std::chrono::milliseconds(0)), Error);
+}
+
+TEST_F(CliAtomicFile, AnExistingLockFileIsNeitherTruncatedNorWritten) {
+    const std::string lock = FileLock::lock_path_for(path_);
+    put(lock, "left by an older tool\n", 0644);
+    { FileLock l(path_, std::chrono::milliseconds(0)); }
+    EXPECT_EQ(slurp(lock), "left by an older tool\n");
+}
+
+TEST_F(CliAtomicFile, TheTempFileHasTheOldModeBeforeAnyDataGoesIn) {
+    put(path_, kOld, 0640);
+    bool seen = false;
+    write_file_atomically(path_, "new\n", [&](WriteStage s, const std::string &temp) {
+        if (s != WriteStage::temp_created) return;
+        seen = true;
+        struct stat st;
+        ASSERT_EQ(::lstat(temp.c_str(), &st), 0);
+        EXPECT_TRUE(S_ISREG(st.st_mode));
+        EXPECT_EQ(st.st_mode & 07777, 0640u);
+        EXPECT_EQ(st.st_size, 0);
+        EXPECT_EQ(fs::path(temp).parent_path(), fs::path(dir_));
+    });
+    EXPECT_TRUE(seen);
+    EXPECT_EQ(slurp(path_), "new\n");
+    EXPECT_TRUE(strays().empty());
+}
+
 // --- the whole update: lock, read, edit, validate, write
 
 std::string record(const std::string &id, const std::string &key) {

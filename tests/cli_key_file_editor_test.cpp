@@ -271,6 +271,130 @@ TEST(CliEditorRevoke, FlowStyleRecordRefused) {
     EXPECT_EQ(ed.text(), text);
 }
 
+// --- revocations scheduled ahead, several ids at once
+
+std::string one_record(const std::string &revoked_at_line) {
+    return "version: 1\nkeys:\n  - id: key_a\n    hash: " + H1 + "\n    owner: u\n" +
+           revoked_at_line + "    plan: pro\n";
+}
+
+TEST(CliEditorRevoke, AScheduledRevocationIsBroughtForwardToNow) {
+    const std::string text = one_record("    revoked_at: 2099-01-01T00:00:00Z\n");
+    KeyFileEditor ed(text);
+    ed.revoke("key_a", T);
+    EXPECT_EQ(ed.text(), one_record("    revoked_at: 2026-11-18T11:06:40Z\n"));
+    EXPECT_EQ(ed.model().records[0].revoked_at, T);
+}
+
+TEST(CliEditorRevoke, AnEarlierRevocationReplacesALaterOneButNeverTheReverse) {
+    KeyFileEditor ed(one_record("    revoked_at: 2026-11-18T12:06:40Z\n"));  // T + 1h
+    const auto first = ed.revoke_all({"key_a"}, T);
+    ASSERT_EQ(first.size(), 1u);
+    EXPECT_EQ(first[0].status, RevokeOutcome::Status::revoked);
+    EXPECT_EQ(first[0].previous, T + 3600) << "the schedule it replaced";
+    EXPECT_EQ(ed.model().records[0].revoked_at, T);
+
+    const std::string once = ed.text();
+    const auto later = ed.revoke_all({"key_a"}, T + 60);
+    EXPECT_EQ(later[0].status, RevokeOutcome::Status::already_revoked);
+    EXPECT_EQ(later[0].previous, T);
+    EXPECT_EQ(ed.text(), once) << "a revocation in force is never moved later";
+}
+
+TEST(CliEditorRevoke, ARevocationAlreadyInForceKeepsItsTime) {
+    const std::string text = one_record("    revoked_at: 2026-11-18T10:06:40Z\n");  // T - 1h
+    KeyFileEditor ed(text);
+    const auto out = ed.revoke_all({"key_a"}, T);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].status, RevokeOutcome::Status::already_revoked);
+    EXPECT_EQ(out[0].previous, T - 3600);
+    EXPECT_EQ(out[0].reason, "key \"key_a\" is already revoked since 2026-11-18T10:06:40Z");
+    EXPECT_EQ(ed.text(), text);
+    EXPECT_FALSE(ed.changed());
+}
+
+TEST(CliEditorRevoke, ReplacingAScheduleKeepsTheCommentAndSpacingAroundIt) {
+    KeyFileEditor ed(one_record("    revoked_at:   \"2099-01-01T00:00:00Z\"   # planned cut-over\n"));
+    ed.revoke("key_a", T);
+    EXPECT_EQ(ed.text(), one_record("    revoked_at:   2026-11-18T11:06:40Z   # planned cut-over\n"));
+
+    // on the "- " line, plain, with a comment
+    const std::string text = "version: 1\nkeys:\n  - revoked_at: 2099-01-01 # later\n    id: key_a\n"
+                             "    hash: " + H1 + "\n    owner: u\n";
+    KeyFileEditor dash(text);
+    dash.revoke("key_a", T);
+    EXPECT_EQ(dash.text(), "version: 1\nkeys:\n  - revoked_at: 2026-11-18T11:06:40Z # later\n"
+                           "    id: key_a\n    hash: " + H1 + "\n    owner: u\n");
+}
+
+TEST(CliEditorRevoke, AMixedListRevokesTheRevocableOnesAndReportsTheRest) {
+    // key_b revoked an hour before T; key_c scheduled for 2099
+    std::string text = kThree;
+    text.insert(text.find("  - id: key_c"), "    revoked_at: 2026-11-18T10:06:40Z\n");
+    text += "    revoked_at: 2099-01-01T00:00:00Z\n";
+    KeyFileEditor ed(text);
+
+    const auto out = ed.revoke_all({"key_a", "key_b", "key_nope", "key_c", "key_a"}, T);
+    ASSERT_EQ(out.size(), 4u) << "a repeated id counts once";
+    EXPECT_EQ(out[0].id, "key_a");
+    EXPECT_EQ(out[0].status, RevokeOutcome::Status::revoked);
+    EXPECT_EQ(out[0].previous, kNever);
+    EXPECT_EQ(out[1].id, "key_b");
+    EXPECT_EQ(out[1].status, RevokeOutcome::Status::already_revoked);
+    EXPECT_NE(out[1].reason.find("already revoked since 2026-11-18T10:06:40Z"), std::string::npos);
+    EXPECT_EQ(out[2].id, "key_nope");
+    EXPECT_EQ(out[2].status, RevokeOutcome::Status::unknown_id);
+    EXPECT_EQ(out[2].reason, "no key with id \"key_nope\"");
+    EXPECT_EQ(out[3].id, "key_c");
+    EXPECT_EQ(out[3].status, RevokeOutcome::Status::revoked);
+
+    // byte for byte: one line added to key_a, key_c's value replaced, the rest as it was
+    std::string want = text;
+    want.insert(want.find("\n\n  # the second") + 1, "    revoked_at: 2026-11-18T11:06:40Z\n");
+    want.replace(want.rfind("2099-01-01T00:00:00Z"), 20, "2026-11-18T11:06:40Z");
+    EXPECT_EQ(ed.text(), want);
+    EXPECT_EQ(ed.model().records[0].revoked_at, T);
+    EXPECT_EQ(ed.model().records[1].revoked_at, T - 3600);
+    EXPECT_EQ(ed.model().records[2].revoked_at, T);
+}
+
+TEST(CliEditorRevoke, NothingRevocableLeavesTheTextAlone) {
+    KeyFileEditor ed(kThree);
+    ed.revoke("key_b", T - 10);
+    const std::string once = ed.text();
+    const auto out = ed.revoke_all({"key_zzz", "key_b"}, T);
+    EXPECT_EQ(out[0].status, RevokeOutcome::Status::unknown_id);
+    EXPECT_EQ(out[1].status, RevokeOutcome::Status::already_revoked);
+    EXPECT_EQ(ed.text(), once);
+}
+
+TEST(CliEditorRevoke, ARecordItCannotEditDoesNotHoldBackTheOthers) {
+    const std::string text = "version: 1\nkeys:\n  - {id: key_a, hash: " + H1 + ", owner: u}\n"
+                             "  - id: key_b\n    hash: " + H2 + "\n    owner: u\n";
+    KeyFileEditor ed(text);
+    const auto out = ed.revoke_all({"key_a", "key_b"}, T);
+    EXPECT_EQ(out[0].status, RevokeOutcome::Status::refused);
+    EXPECT_NE(out[0].reason.find("block style"), std::string::npos) << out[0].reason;
+    EXPECT_EQ(out[1].status, RevokeOutcome::Status::revoked);
+    EXPECT_EQ(ed.text(), text + "    revoked_at: 2026-11-18T11:06:40Z\n");
+}
+
+TEST(CliEditorRevoke, ALayoutThatDefeatsTheEditIsNamedAndTheRestStillRevoked) {
+    // the scheduled time on a line of its own: filling "revoked_at:" would
+    // make a two-line scalar, which the re-read refuses
+    const std::string a = "  - id: key_a\n    hash: " + H1 + "\n    owner: u\n"
+                          "    revoked_at:\n      2099-01-01T00:00:00Z\n";
+    const std::string b = "  - id: key_b\n    hash: " + H2 + "\n    owner: u\n";
+    const std::string text = "version: 1\nkeys:\n" + a + b;
+    KeyFileEditor ed(text);
+    ASSERT_EQ(ed.model().records[0].revoked_at, 4070908800) << "the core reads the schedule";
+    const auto out = ed.revoke_all({"key_a", "key_b"}, T);
+    EXPECT_EQ(out[0].status, RevokeOutcome::Status::refused);
+    EXPECT_NE(out[0].reason.find("cannot be revoked safely"), std::string::npos) << out[0].reason;
+    EXPECT_EQ(out[1].status, RevokeOutcome::Status::revoked);
+    EXPECT_EQ(ed.text(), text + "    revoked_at: 2026-11-18T11:06:40Z\n");
+}
+
 TEST(CliEditorPrefix, BlockFlowAndMissing) {
     KeyFileEditor block(kThree);
     block.add_prefix("wfk_", Environment::live);

@@ -15,6 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "core/process_identity.h"
+#include "forked_child.h"
+
 namespace apikey {
 namespace {
 
@@ -24,6 +27,7 @@ constexpr std::uint32_t kMinute = 60'000;
 constexpr std::uint32_t kHour = 3'600'000;
 constexpr std::uint64_t kNoSlot = ~std::uint64_t{0};
 constexpr std::size_t kHeaderBytes = 32;  // sizeof(CounterTableHeader), slot-aligned
+constexpr std::size_t kSlotBytes = 104;   // sizeof(CounterSlot), as the README states
 
 // Memory for a table of exactly `slots` counters, 8-byte aligned like a zone.
 struct Zone {
@@ -48,12 +52,13 @@ std::uint64_t budget_at(std::uint64_t home, std::uint64_t capacity, std::uint64_
 
 TEST(CounterTable, LayoutAndCapacity) {
     EXPECT_EQ(sizeof(CounterTableHeader), kHeaderBytes);
-    EXPECT_EQ(sizeof(CounterSlot), 96u);
-    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + 4 * 96), 4u);
-    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + 4 * 96 + 95), 4u);
-    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + 95), 0u);
+    EXPECT_EQ(sizeof(CounterSlot), kSlotBytes);
+    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + 4 * kSlotBytes), 4u);
+    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + 5 * kSlotBytes - 1), 4u);
+    EXPECT_EQ(CounterTable::capacity_for(kHeaderBytes + kSlotBytes - 1), 0u);
     EXPECT_EQ(CounterTable::capacity_for(0), 0u);
-    EXPECT_EQ(CounterTable::capacity_for(1 << 20), (std::size_t{1 << 20} - kHeaderBytes) / 96);
+    EXPECT_EQ(CounterTable::capacity_for(1 << 20),
+              (std::size_t{1 << 20} - kHeaderBytes) / kSlotBytes);
     Zone zone(4);
     const CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
     ASSERT_TRUE(table.valid());
@@ -93,8 +98,8 @@ TEST(CounterTable, FormatThenAdoptKeepsCounters) {
 TEST(CounterTable, AdoptRefusesADifferentSizeOrForeignMemory) {
     Zone zone(64);
     ASSERT_TRUE(CounterTable::format(zone.memory(), zone.bytes).valid());
-    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes + 96).valid());
-    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes - 96).valid());
+    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes + kSlotBytes).valid());
+    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes - kSlotBytes).valid());
     EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes * 2).valid());
     EXPECT_TRUE(CounterTable::adopt(zone.memory(), zone.bytes).valid());
 
@@ -115,6 +120,39 @@ TEST(CounterTable, AdoptAcceptsTheSameLayout) {
     const CounterTable t = CounterTable::adopt(zone.memory(), zone.bytes + 8);
     ASSERT_TRUE(t.valid());
     EXPECT_EQ(t.capacity(), 64u);
+}
+
+// A zone formatted by the previous layout (32-bit pid lock words) is not
+// adopted: the caller formats it afresh.
+TEST(CounterTable, AdoptRefusesTheOldLayout) {
+    Zone zone(64);
+    ASSERT_TRUE(CounterTable::format(zone.memory(), zone.bytes).valid());
+    static_cast<CounterTableHeader *>(zone.memory())->layout_version = 1;
+    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes).valid());
+}
+
+// A worker that died holding a counter's lock, or the claim lock, does not
+// block that counter or the creation of new ones.
+TEST(CounterTable, LocksLeftByADeadProcessAreTakenOver) {
+    ForkedChild child(ForkedChild::Then::exit, [] {});
+    child.reap();
+    const std::uint64_t dead = child.identity();
+    Zone zone(16);
+    CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
+    const std::uint64_t self_id = this_process_identity();
+    const std::uint64_t b = budget_id('k', "key_dead", "read", kMinute);
+    const WindowLimit limit{5, kMinute};
+    const CounterResult first = table.consume(b, limit, kBase, true, self_id);
+    ASSERT_TRUE(first.decision.allowed);
+    auto *slots = reinterpret_cast<CounterSlot *>(static_cast<unsigned char *>(zone.memory()) +
+                                                  kHeaderBytes);
+    slots[first.slot].lock = dead;
+    static_cast<CounterTableHeader *>(zone.memory())->claim_lock = dead;
+    EXPECT_EQ(table.consume(b, limit, kBase, true, self_id).decision.remaining, 3u);
+    EXPECT_TRUE(table.consume(budget_id('k', "key_new", "read", kMinute), limit, kBase, true,
+                              self_id)
+                    .decision.allowed);
+    EXPECT_EQ(slots[first.slot].lock, 0u);
 }
 
 TEST(CounterTable, BudgetIdsAreDistinctStableAndNeverZero) {

@@ -306,6 +306,7 @@ TEST(Describe, EveryOutcomeMatchesTheSpecTable) {
         {Outcome::plan_required, 403, "permission_error", "plan_required"},
         {Outcome::insufficient_scope, 403, "permission_error", "insufficient_scope"},
         {Outcome::rate_limited, 429, "rate_limit_error", "rate_limit_exceeded"},
+        {Outcome::internal_error, 500, "api_error", "internal_error"},
     };
     ASSERT_EQ(std::size(rows) + 1, kOutcomeCount);
     for (const Row &row : rows) {

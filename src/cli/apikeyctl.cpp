@@ -61,7 +61,8 @@ fsync, rename) under a lock (.FILE.lock next to the file). They keep the
 file's mode, owner and group, and every byte of the records they do not
 touch. nginx applies them at the next "nginx -s reload".
 
-Exit status: 0 success, 1 error (the message names the file), 2 usage error.
+Exit status: 0 success, 1 error (the message names the file; for revoke,
+also any id that was not revoked), 2 usage error.
 )";
 
 constexpr std::string_view kCreateHelp = R"(Usage: apikeyctl create --owner ID [OPTIONS]
@@ -97,8 +98,16 @@ that declares no prefixes gets keys without one.
 constexpr std::string_view kRevokeHelp = R"(Usage: apikeyctl revoke [OPTIONS] ID...
 
 Sets revoked_at to the current time on each key. After the next reload
-nginx answers 401 revoked_api_key to it (not invalid_api_key). An unknown id
-or a key that is already revoked is an error, and then nothing is written.
+nginx answers 401 revoked_api_key to it (not invalid_api_key). A key whose
+revoked_at is scheduled for later is revoked now: the earlier time replaces
+the later one. A key whose revoked_at has already passed keeps it.
+
+Every id that can be revoked is, in one atomic write; every other one (an
+unknown id, a key already revoked) is named on stderr with the reason.
+Repeated ids count once.
+
+Exit status: 0 if every id was revoked now, 1 if any was not (the others
+still are, unless the file could not be written at all), 2 usage error.
 )";
 
 constexpr std::string_view kRotateHelp = R"(Usage: apikeyctl rotate [OPTIONS] ID
@@ -417,18 +426,37 @@ int cmd_create(const Invocation &inv) {
 
 int cmd_revoke(const Invocation &inv) {
     const std::string path = inv.file();
-    const std::int64_t now = now_seconds();
     for (const std::string &id : inv.args) identifier("id", id);
+    std::int64_t now = 0;
+    std::vector<RevokeOutcome> outcomes;
     const UpdateResult result = update_key_file(path, [&](KeyFileEditor &editor) {
-        for (const std::string &id : inv.args) editor.revoke(id, now);
+        // Taken under the lock: "already revoked" and the time written both
+        // mean "as of this write", however long the lock took.
+        now = now_seconds();
+        outcomes = editor.revoke_all(inv.args, now);
     });
     report(result);
-    for (const std::string &id : inv.args) {
-        std::cerr << "apikeyctl: " << result.path << ": revoked " << id << " (revoked_at "
-                  << format_time(now) << ")\n";
+    std::size_t revoked = 0;
+    for (const RevokeOutcome &o : outcomes) {
+        if (o.status != RevokeOutcome::Status::revoked) {
+            std::cerr << "apikeyctl: " << result.path << ": " << o.reason << "\n";
+            continue;
+        }
+        revoked++;
+        std::cerr << "apikeyctl: " << result.path << ": revoked " << o.id << " (revoked_at "
+                  << format_time(now);
+        if (o.previous != kNever) std::cerr << ", instead of the scheduled " << format_time(o.previous);
+        std::cerr << ")\n";
     }
-    std::cerr << "apikeyctl: nginx refuses the key(s) with revoked_api_key after \"nginx -s reload\".\n";
-    return 0;
+    if (revoked > 0) {
+        std::cerr << "apikeyctl: nginx refuses the key(s) with revoked_api_key after \"nginx -s reload\".\n";
+    }
+    if (revoked == outcomes.size()) return 0;
+    // Scripts revoking a list must not take a partial result for success.
+    std::cerr << "apikeyctl: " << result.path << ": " << outcomes.size() - revoked << " of "
+              << outcomes.size() << " key(s) not revoked"
+              << (revoked > 0 ? "; the others were" : "; nothing was written") << "\n";
+    return 1;
 }
 
 int cmd_rotate(const Invocation &inv) {
@@ -443,11 +471,11 @@ int cmd_rotate(const Invocation &inv) {
     const std::optional<std::string> prefix = prefix_option(inv);
 
     IssuedKey issued;
-    bool old_revoked = false;
+    std::int64_t old_revoked_at = kNever;
     const UpdateResult result = update_key_file(path, [&](KeyFileEditor &editor) {
         const RecordInfo *info = editor.model().find(old_id);
         if (!info) throw EditError("no key with id \"" + old_id + "\"");
-        old_revoked = info->revoked_at != kNever;
+        old_revoked_at = info->revoked_at;
         const KeySpec old = editor.record(old_id);
 
         std::optional<std::string> use = prefix;
@@ -476,11 +504,14 @@ int cmd_rotate(const Invocation &inv) {
               << old_id << " (owner " << req.attributes.owner << ")\n"
               << "apikeyctl: the key above is shown only this once and is not stored; keep it now. "
                  "nginx accepts it after \"nginx -s reload\".\n";
-    if (old_revoked) {
+    // A revoked_at still ahead is only a schedule: the old key works until then.
+    if (old_revoked_at <= now) {
         std::cerr << "apikeyctl: " << old_id << " is already revoked.\n";
     } else {
-        std::cerr << "apikeyctl: " << old_id << " stays valid until you run: apikeyctl -f "
-                  << path << " revoke " << old_id << "\n";
+        std::string until;
+        if (old_revoked_at != kNever) until = "its scheduled revocation at " + format_time(old_revoked_at) + " or ";
+        std::cerr << "apikeyctl: " << old_id << " stays valid until " << until
+                  << "you run: apikeyctl -f " << path << " revoke " << old_id << "\n";
     }
     return 0;
 }

@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
-#include <vector>
 
 #include "cli/errors.h"
+#include "cli/key_generator.h"
 
 namespace apikey::cli {
 
@@ -50,13 +50,22 @@ void write_all(int fd, std::string_view data, const std::string &temp) {
 // Owns the temp file until it has been renamed into place.
 class TempFile {
 public:
-    explicit TempFile(const std::string &target) {
-        std::string templ = directory_of(target) + "/." + base_name(target) + ".tmp.XXXXXX";
-        std::vector<char> buf(templ.begin(), templ.end());
-        buf.push_back('\0');
-        fd_ = ::mkstemp(buf.data());
-        if (fd_ < 0) fail(directory_of(target), "cannot create a temporary file", errno);
-        path_.assign(buf.data());
+    // O_EXCL and O_NOFOLLOW: a name in the key file's directory is only
+    // ours once the kernel has made a new file for it, so a file or link
+    // planted there in advance is never opened, followed or truncated.
+    TempFile(const std::string &target, mode_t mode) {
+        const std::string stem = directory_of(target) + "/." + base_name(target) + ".tmp.";
+        for (int attempt = 0; attempt < 100; attempt++) {
+            std::string name = stem + random_string(kBase62, 12);
+            fd_ = ::open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+            if (fd_ >= 0) {
+                path_ = std::move(name);
+                return;
+            }
+            if (errno != EEXIST) fail(directory_of(target), "cannot create a temporary file", errno);
+        }
+        throw Error(directory_of(target) +
+                    ": cannot create a temporary file: 100 random names were all taken");
     }
     ~TempFile() {
         if (fd_ >= 0) ::close(fd_);
@@ -96,13 +105,12 @@ std::string write_file_atomically(const std::string &path, std::string_view data
     if (!existed && errno != ENOENT) fail(path, "cannot stat", errno);
     if (existed && !S_ISREG(old.st_mode)) throw Error(path + ": not a regular file");
 
-    TempFile temp(path);
-    if (hook) hook(WriteStage::temp_created, temp.path());
-    write_all(temp.fd(), data, temp.path());
-    if (hook) hook(WriteStage::data_written, temp.path());
-
     const mode_t mode = existed ? (old.st_mode & 07777) : (0644 & ~current_umask());
-    if (::fchmod(temp.fd(), mode) != 0) fail(temp.path(), "cannot set the file mode", errno);
+    // Born with at most the owner's share of the old mode, and given the old
+    // owner, group and full mode before the first byte goes in: a process
+    // can keep reading through a descriptor it opened while the file was
+    // more open than the key file, so the temp file never is.
+    TempFile temp(path, mode & 0600);
     // nginx workers may read the file as another user: a new owner or group
     // could lock them out, so failing to keep them is an error, not a shrug.
     if (existed && (old.st_uid != ::geteuid() || old.st_gid != ::getegid())) {
@@ -112,6 +120,12 @@ std::string write_file_atomically(const std::string &path, std::string_view data
                  errno);
         }
     }
+    // After fchown, which clears set-id bits.
+    if (::fchmod(temp.fd(), mode) != 0) fail(temp.path(), "cannot set the file mode", errno);
+    if (hook) hook(WriteStage::temp_created, temp.path());
+    write_all(temp.fd(), data, temp.path());
+    if (hook) hook(WriteStage::data_written, temp.path());
+
     if (::fsync(temp.fd()) != 0) fail(temp.path(), "cannot sync", errno);
     temp.close();
     if (hook) hook(WriteStage::before_rename, temp.path());
@@ -182,14 +196,58 @@ std::string FileLock::lock_path_for(const std::string &path) {
     return directory_of(path) + "/." + base_name(path) + ".lock";
 }
 
+namespace {
+
+const char *file_type(mode_t mode) {
+    if (S_ISLNK(mode)) return "a symbolic link";
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+    return "not a regular file";
+}
+
+[[noreturn]] void refuse_lock(const std::string &lock, const char *type) {
+    throw Error(lock + ": the lock file is " + std::string(type) +
+                ", not a regular file; refusing to use it (remove it and try again)");
+}
+
+}  // namespace
+
 FileLock::FileLock(const std::string &path, std::chrono::milliseconds wait) {
     const std::string lock = lock_path_for(path);
-    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    // apikeyctl often runs as root, and whoever can write the key file's
+    // directory could plant a symlink or a device at this name to have root
+    // create or open a file of their choosing. So: look first, never follow
+    // a link, never block on a FIFO, never truncate, and check again on the
+    // descriptor itself, since the name can change between the two.
+    struct stat st;
+    if (::lstat(lock.c_str(), &st) == 0) {
+        if (!S_ISREG(st.st_mode)) refuse_lock(lock, file_type(st.st_mode));
+    } else if (errno != ENOENT) {
+        fail(lock, "cannot look at the lock file", errno);
+    }
+    constexpr int kFlags = O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | kFlags, 0644);
     if (fd_ < 0 && (errno == EACCES || errno == EROFS)) {
         // flock works on a read-only descriptor: someone else's lock file will do.
-        fd_ = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+        fd_ = ::open(lock.c_str(), O_RDONLY | kFlags);
     }
-    if (fd_ < 0) fail(lock, "cannot open the lock file", errno);
+    if (fd_ < 0) {
+        if (errno == ELOOP) refuse_lock(lock, "a symbolic link");
+        fail(lock, "cannot open the lock file", errno);
+    }
+    if (::fstat(fd_, &st) != 0) {
+        const int err = errno;
+        ::close(fd_);
+        fd_ = -1;
+        fail(lock, "cannot stat the lock file", err);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd_);
+        fd_ = -1;
+        refuse_lock(lock, file_type(st.st_mode));
+    }
 
     const auto deadline = std::chrono::steady_clock::now() + wait;
     while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {

@@ -13,17 +13,19 @@ namespace apikey::cli {
 // Points in write_file_atomically where a test can make it fail (by throwing
 // from the hook) to prove the old file survives.
 enum class WriteStage {
-    temp_created,   // the temp file exists, empty
+    temp_created,   // the temp file exists, empty, with the final mode, owner and group
     data_written,   // it holds the new bytes, not yet synced
-    before_rename,  // synced, closed, mode and owner set
+    before_rename,  // synced and closed
     renamed,        // the new file is in place; only the directory sync is left
 };
 using WriteHook = std::function<void(WriteStage, const std::string &temp_path)>;
 
-// Writes data to a temp file in path's directory, fsyncs it, gives it the
-// old file's mode, owner and group (0644 minus the umask for a new file),
-// renames it over path and fsyncs the directory. On any failure before the
-// rename the temp file is removed and path is untouched. Throws Error.
+// Writes data to a new temp file in path's directory (O_EXCL|O_NOFOLLOW,
+// so nothing already at its name is ever opened) that has the old file's
+// mode, owner and group (0644 minus the umask for a new file) before it gets
+// any data, fsyncs it, renames it over path and fsyncs the directory. On any
+// failure before the rename the temp file is removed and path is untouched.
+// Throws Error.
 // Returns a warning (else empty) when only the final directory sync failed:
 // the new file is then in place, so that is not reported as a failure.
 std::string write_file_atomically(const std::string &path, std::string_view data,
@@ -38,7 +40,10 @@ std::string resolve_link(const std::string &path);
 
 // An exclusive flock on a lock file next to the key file (".NAME.lock").
 // The key file itself cannot carry the lock: each write replaces its inode.
-// Waits up to `wait` for another apikeyctl, then throws Error.
+// The lock file is created if missing and never followed if it is a
+// symlink, truncated or written: anything but a regular file at its name is
+// refused with an Error. Waits up to `wait` for another apikeyctl, then
+// throws Error.
 class FileLock {
 public:
     FileLock(const std::string &path, std::chrono::milliseconds wait);

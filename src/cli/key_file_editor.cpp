@@ -1,6 +1,8 @@
 #include "cli/key_file_editor.h"
 
 #include <cstring>
+#include <unordered_map>
+#include <utility>
 
 #include "cli/record_writer.h"
 
@@ -172,22 +174,30 @@ KeyFileEditor::KeyFileEditor(std::string text) : text_(std::move(text)) {
     eol_ = nl != npos && nl > 0 && text_[nl - 1] == '\r' ? "\r\n" : "\n";
 }
 
-void KeyFileEditor::commit(std::string candidate, const Expectation &expected) {
+std::optional<std::string> KeyFileEditor::try_commit(std::string candidate,
+                                                    const Expectation &expected) {
     KeyFileModel after;
     try {
         after = parse_key_file(candidate);
     } catch (const KeyFileError &e) {
-        throw EditError("the edited file would not load (line " + std::to_string(e.line()) +
-                        ": " + e.what() + "); nothing was written");
+        return "the edited file would not load (line " + std::to_string(e.line()) + ": " +
+               e.what() + ")";
     }
     if (!expected(model_, after)) {
-        throw EditError(
+        return std::string(
             "the edit did not come out as intended (an unusual layout near the change?); "
-            "nothing was written, edit the file by hand");
+            "edit the file by hand");
     }
     text_ = std::move(candidate);
     model_ = std::move(after);
     changed_ = true;
+    return std::nullopt;
+}
+
+void KeyFileEditor::commit(std::string candidate, const Expectation &expected) {
+    if (auto why = try_commit(std::move(candidate), expected)) {
+        throw EditError(*why + "; nothing was written");
+    }
 }
 
 namespace {
@@ -248,28 +258,45 @@ void KeyFileEditor::append_record(const KeySpec &spec,
     });
 }
 
-void KeyFileEditor::revoke(std::string_view id, std::int64_t at) {
-    const RecordInfo *info = model_.find(id);
-    if (!info) throw EditError("no key with id \"" + std::string(id) + "\"");
-    if (info->revoked_at != kNever) {
-        throw EditError("key \"" + std::string(id) + "\" is already revoked (revoked_at " +
-                        format_time(info->revoked_at) + ")");
-    }
-    const std::size_t index = static_cast<std::size_t>(info - model_.records.data());
-    KeySpec spec = record(id);
+namespace {
 
-    LineCursor cursor(text_);
-    const RecordSpan span = span_at(text_, cursor.offset_of(info->line));
-    if (!span.block) {
-        throw EditError("key \"" + std::string(id) + "\" (line " + std::to_string(info->line) +
-                        ") is not written in block style; add \"revoked_at: " + format_time(at) +
-                        "\" to it by hand");
-    }
+// One revocation as a change to the text: [from, to) becomes `text`.
+struct RevokeEdit {
+    std::size_t from = 0;
+    std::size_t to = 0;
+    std::string text;
+    std::size_t record = 0;   // index in model.records
+    std::size_t outcome = 0;  // index in revoke_all's result
+    std::uint64_t expected = 0;  // the record's fingerprint after the edit
+};
 
-    // A "revoked_at:" that is present but null: give it the value in place.
-    std::string candidate;
+// Where the scalar after "name:" sits in the line (value_begin is the first
+// byte after the colon), as [begin, end); begin == end when it is empty.
+// The scalar only, so a comment after it survives the edit.
+std::pair<std::size_t, std::size_t> scalar_extent(std::string_view text, std::size_t value_begin,
+                                                  std::size_t content_end) {
+    std::size_t b = value_begin;
+    while (b < content_end && text[b] == ' ') b++;
+    if (b == content_end || text[b] == '#') return {value_begin, value_begin};
+    if (text[b] == '"' || text[b] == '\'') {
+        const std::size_t close = text.substr(0, content_end).find(text[b], b + 1);
+        // An unclosed or odd quote is left whole to the re-read to refuse.
+        return {b, close == npos ? content_end : close + 1};
+    }
+    std::size_t e = b;
+    while (e < content_end && !(text[e] == '#' && text[e - 1] == ' ')) e++;
+    while (e > b && text[e - 1] == ' ') e--;
+    return {b, e};
+}
+
+// The edit that sets revoked_at in one block-style record: the value of its
+// "revoked_at:" line if it has one (null or a time), else a new line after
+// its last field.
+RevokeEdit revoked_at_edit(std::string_view text, const RecordSpan &span, const std::string &when,
+                           std::string_view eol) {
+    RevokeEdit edit;
     for (std::size_t pos = span.start; pos < span.end_fields;) {
-        const Line l = line_at(text_, pos);
+        const Line l = line_at(text, pos);
         std::string_view field;
         std::size_t field_at = 0;
         if (pos == span.dash_line) {
@@ -281,28 +308,129 @@ void KeyFileEditor::revoke(std::string_view id, std::int64_t at) {
         }
         const std::size_t colon = field_colon(field, "revoked_at");
         if (colon != npos) {
-            const std::size_t value_from = field_at + colon + 1;
-            const std::size_t value_to = l.begin + l.indent + l.content.size();
-            candidate = text_.substr(0, value_from) + " " + format_time(at) + text_.substr(value_to);
-            break;
+            const std::size_t value_begin = field_at + colon + 1;
+            const std::size_t content_end = l.begin + l.indent + l.content.size();
+            const auto [from, to] = scalar_extent(text, value_begin, content_end);
+            edit.from = from;
+            edit.to = to;
+            edit.text = from == to ? " " + when : when;
+            return edit;
         }
         pos = l.next;
     }
-    if (candidate.empty()) {
-        const std::string line = std::string(span.field_indent, ' ') + "revoked_at: " +
-                                 format_time(at) + eol_;
-        candidate = insert_lines(text_, span.end_fields, line, eol_);
+    edit.from = edit.to = span.end_fields;
+    edit.text = std::string(span.field_indent, ' ') + "revoked_at: " + when + std::string(eol);
+    return edit;
+}
+
+}  // namespace
+
+std::vector<RevokeOutcome> KeyFileEditor::revoke_all(const std::vector<std::string> &ids,
+                                                     std::int64_t at) {
+    using Status = RevokeOutcome::Status;
+    std::vector<RevokeOutcome> out;
+    std::unordered_map<std::string_view, std::size_t> wanted;  // id -> index in out
+    for (const std::string &id : ids) {
+        if (!wanted.emplace(id, out.size()).second) continue;
+        RevokeOutcome o;
+        o.id = id;
+        o.reason = "no key with id \"" + id + "\"";
+        out.push_back(std::move(o));
     }
 
-    spec.revoked_at = at;
-    const std::uint64_t expected = fingerprint(spec);
-    commit(std::move(candidate), [&](const KeyFileModel &before, const KeyFileModel &after) {
-        const std::size_t n = before.records.size();
-        return after.records.size() == n && same_records(before.records, after.records, n, index) &&
-               after.records[index].id == id && after.records[index].fingerprint == expected &&
-               after.prefixes.size() == before.prefixes.size() &&
-               same_prefixes(before.prefixes, after.prefixes, before.prefixes.size());
+    // One walk over the records, whatever the number of ids, so revoking a
+    // batch in a million-key file costs one pass, not one per id.
+    const std::string when = format_time(at);
+    std::vector<RevokeEdit> edits;  // in file order
+    LineCursor cursor(text_);
+    for (std::size_t i = 0; i < model_.records.size(); i++) {
+        const RecordInfo &r = model_.records[i];
+        const auto it = wanted.find(r.id);
+        if (it == wanted.end()) continue;
+        RevokeOutcome &o = out[it->second];
+        o.previous = r.revoked_at;
+        // Already in force: moving it later would un-revoke the key for a
+        // while, and rewriting it to `at` would lose when it really began.
+        if (r.revoked_at <= at) {
+            o.status = Status::already_revoked;
+            o.reason = "key \"" + o.id + "\" is already revoked since " + format_time(r.revoked_at);
+            continue;
+        }
+        const RecordSpan span = span_at(text_, cursor.offset_of(r.line));
+        if (!span.block) {
+            o.status = Status::refused;
+            o.reason = "key \"" + o.id + "\" (line " + std::to_string(r.line) +
+                       ") is not written in block style; set \"revoked_at: " + when +
+                       "\" in it by hand";
+            continue;
+        }
+        RevokeEdit edit = revoked_at_edit(text_, span, when, eol_);
+        edit.record = i;
+        edit.outcome = it->second;
+        o.status = Status::revoked;
+        edits.push_back(std::move(edit));
+    }
+    if (edits.empty()) return out;
+
+    // What each edited record must read back as: all of it as before but
+    // revoked_at, so an edit that lands anywhere else is caught.
+    std::size_t next = 0, index = 0;
+    parse_key_file(text_, [&](const KeySpec &spec) {
+        if (next < edits.size() && edits[next].record == index) {
+            KeySpec revoked = spec;
+            revoked.revoked_at = at;
+            edits[next++].expected = fingerprint(revoked);
+        }
+        index++;
     });
+
+    std::string candidate;
+    candidate.reserve(text_.size() + edits.size() * (when.size() + 32));
+    std::size_t copied = 0;
+    for (const RevokeEdit &e : edits) {
+        candidate.append(text_, copied, e.from - copied);
+        if (e.from == text_.size() && !text_.empty() && text_.back() != '\n') candidate += eol_;
+        candidate += e.text;
+        copied = e.to;
+    }
+    candidate.append(text_, copied, npos);
+
+    const auto why = try_commit(std::move(candidate), [&](const KeyFileModel &before,
+                                                          const KeyFileModel &after) {
+        const std::size_t n = before.records.size();
+        if (after.records.size() != n || after.prefixes.size() != before.prefixes.size() ||
+            !same_prefixes(before.prefixes, after.prefixes, before.prefixes.size())) {
+            return false;
+        }
+        std::size_t e = 0;
+        for (std::size_t i = 0; i < n; i++) {
+            std::uint64_t want = before.records[i].fingerprint;
+            if (e < edits.size() && edits[e].record == i) want = edits[e++].expected;
+            if (after.records[i].id != before.records[i].id || after.records[i].fingerprint != want) {
+                return false;
+            }
+        }
+        return true;
+    });
+    if (!why) return out;
+
+    if (edits.size() == 1) {
+        RevokeOutcome &o = out[edits[0].outcome];
+        o.status = Status::refused;
+        o.reason = "key \"" + o.id + "\" cannot be revoked safely: " + *why;
+        return out;
+    }
+    // Some record's layout defeats the edit; one at a time finds which, and
+    // still revokes the rest.
+    for (const RevokeEdit &e : edits) {
+        out[e.outcome] = revoke_all({out[e.outcome].id}, at).front();
+    }
+    return out;
+}
+
+void KeyFileEditor::revoke(std::string_view id, std::int64_t at) {
+    const RevokeOutcome o = revoke_all({std::string(id)}, at).front();
+    if (o.status != RevokeOutcome::Status::revoked) throw EditError(o.reason);
 }
 
 void KeyFileEditor::add_prefix(std::string_view prefix, Environment env) {

@@ -23,6 +23,22 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// What revoke_all did with one id.
+struct RevokeOutcome {
+    enum class Status {
+        revoked,          // revoked_at is now the given time
+        unknown_id,       // no record has this id
+        already_revoked,  // revoked_at was already at or before the given time; kept
+        refused,          // the record cannot be edited safely; see reason
+    };
+    std::string id;
+    Status status = Status::unknown_id;
+    // revoked: revoked_at before the edit (kNever, or the later time a
+    // scheduled revocation was set for); already_revoked: since when.
+    std::int64_t previous = kNever;
+    std::string reason;  // unless revoked: why, naming the id but not the file
+};
+
 class KeyFileEditor {
 public:
     // Parses and validates text; throws KeyFileError if nginx would refuse it.
@@ -39,9 +55,16 @@ public:
     // prefix_note: see render_record.
     void append_record(const KeySpec &spec, const std::optional<std::string> &prefix_note);
 
-    // Sets revoked_at on one record: replaces a null "revoked_at:" line or
-    // inserts one after the record's last field. Fails for an unknown id and
-    // for a key that is already revoked.
+    // Revokes, as of `at`, every key in ids that is not revoked by then, in
+    // one edit: fills a null "revoked_at:", brings forward one scheduled
+    // after `at` (the earlier revocation wins), or inserts the field after
+    // the record's last one. Ids that cannot be revoked are reported in the
+    // result, not thrown, so that one bad id never holds back the others.
+    // One outcome per distinct id, in the order given.
+    std::vector<RevokeOutcome> revoke_all(const std::vector<std::string> &ids, std::int64_t at);
+
+    // revoke_all for one id; throws EditError with the reason if it is not
+    // revoked now.
     void revoke(std::string_view id, std::int64_t at);
 
     // Adds "prefix: environment" to the prefixes map, creating the map
@@ -56,7 +79,10 @@ private:
     // (before, after) -> whether the edit changed exactly what it meant to.
     using Expectation = std::function<bool(const KeyFileModel &, const KeyFileModel &)>;
 
-    // Re-reads candidate and takes it only if it loads and meets expected.
+    // Re-reads candidate and takes it only if it loads and meets expected;
+    // otherwise leaves everything as it was and says why.
+    std::optional<std::string> try_commit(std::string candidate, const Expectation &expected);
+    // try_commit, throwing EditError instead.
     void commit(std::string candidate, const Expectation &expected);
 
     std::string text_;

@@ -1,52 +1,21 @@
 #include "counter_table.h"
 
-#include <sched.h>
-#include <signal.h>
-
-#include <cerrno>
 #include <new>
+
+#include "owner_lock.h"
+#include "shm_atomic.h"
 
 namespace apikey {
 
 namespace {
 
 constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
-constexpr std::uint32_t kCounterLayout = 1;
+constexpr std::uint32_t kCounterLayout = 2;  // 2: 64-bit owner identities in the locks
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
 
-// A spin lock whose word holds the owner's pid. The critical sections it
-// guards are a few dozen instructions, so waiting is spinning; a holder that
-// died (a crashed worker) would block its slot forever, so after a while a
-// waiter checks the owner and takes the lock over if it is gone.
-void lock(std::uint32_t *word, std::uint32_t self) noexcept {
-    for (unsigned spins = 1;; spins++) {
-        std::uint32_t expected = 0;
-        if (__atomic_compare_exchange_n(word, &expected, self, false, __ATOMIC_ACQUIRE,
-                                        __ATOMIC_RELAXED)) {
-            return;
-        }
-        if (spins % 1024 == 0) {
-            std::uint32_t holder = __atomic_load_n(word, __ATOMIC_RELAXED);
-            if (holder != 0 && holder != self && kill(static_cast<pid_t>(holder), 0) == -1 &&
-                errno == ESRCH &&
-                __atomic_compare_exchange_n(word, &holder, self, false, __ATOMIC_ACQUIRE,
-                                            __ATOMIC_RELAXED)) {
-                return;
-            }
-            sched_yield();
-        } else {
-#if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
-#endif
-        }
-    }
-}
-
-void unlock(std::uint32_t *word) noexcept { __atomic_store_n(word, 0, __ATOMIC_RELEASE); }
-
 std::uint64_t load_budget(const CounterSlot &slot) noexcept {
-    return __atomic_load_n(&slot.budget, __ATOMIC_ACQUIRE);
+    return load_acquire(&slot.budget);
 }
 
 }  // namespace
@@ -101,7 +70,7 @@ CounterTable CounterTable::adopt(void *memory, std::size_t bytes) noexcept {
 }
 
 std::uint64_t CounterTable::evicted_active() const noexcept {
-    return __atomic_load_n(&header_->evicted_active, __ATOMIC_RELAXED);
+    return load_relaxed(&header_->evicted_active);
 }
 
 std::uint64_t CounterTable::home(std::uint64_t budget) const noexcept {
@@ -112,7 +81,7 @@ std::uint64_t CounterTable::home(std::uint64_t budget) const noexcept {
 
 // Slots are filled in probe order and never emptied again (only reassigned),
 // so a budget, if present, is before the first never-used slot.
-CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint32_t self) noexcept {
+CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint64_t self) noexcept {
     const std::uint64_t cap = header_->capacity;
     const std::uint64_t start = home(budget);
     for (unsigned i = 0; i < kProbe && i < cap; i++) {
@@ -120,9 +89,9 @@ CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint32_t self)
         const std::uint64_t b = load_budget(slot);
         if (b == 0) return nullptr;
         if (b != budget) continue;
-        lock(&slot.lock, self);
+        owner_lock(&slot.lock, self);
         if (slot.budget == budget) return &slot;
-        unlock(&slot.lock);  // reassigned between the look and the lock
+        owner_unlock(&slot.lock);  // reassigned between the look and the lock
         return nullptr;
     }
     return nullptr;
@@ -131,18 +100,18 @@ CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint32_t self)
 // Under the claim lock: an empty slot, else one whose window has emptied,
 // else the least recently used (an active counter is lost: reported).
 CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
-                                        std::int64_t now_ms, std::uint32_t self,
+                                        std::int64_t now_ms, std::uint64_t self,
                                         bool &evicted_active) noexcept {
     const std::uint64_t cap = header_->capacity;
     const std::uint64_t start = home(budget);
     CounterSlot *idle = nullptr;    // first empty or expired slot, kept locked
     CounterSlot *oldest = nullptr;  // least recently used active slot, kept locked
     auto release = [](CounterSlot *s) {
-        if (s != nullptr) unlock(&s->lock);
+        if (s != nullptr) owner_unlock(&s->lock);
     };
     for (unsigned i = 0; i < kProbe && i < cap; i++) {
         CounterSlot &slot = slots_[(start + i) % cap];
-        lock(&slot.lock, self);
+        owner_lock(&slot.lock, self);
         if (slot.budget == budget) {  // created while we waited for the claim lock
             release(idle);
             release(oldest);
@@ -153,7 +122,7 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
             if (idle == nullptr) {
                 idle = &slot;
             } else {
-                unlock(&slot.lock);
+                owner_unlock(&slot.lock);
             }
             if (empty) break;  // nothing was ever stored beyond a never-used slot
             continue;
@@ -162,7 +131,7 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
             release(oldest);
             oldest = &slot;
         } else {
-            unlock(&slot.lock);
+            owner_unlock(&slot.lock);
         }
     }
     CounterSlot *chosen = idle;
@@ -172,17 +141,17 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
         chosen = oldest;
         if (chosen == nullptr) return nullptr;  // a table without slots
         evicted_active = true;
-        __atomic_fetch_add(&header_->evicted_active, 1, __ATOMIC_RELAXED);
+        fetch_add_relaxed(&header_->evicted_active, 1);
     }
     chosen->period_ms = limit.period_ms;
     chosen->last_used_ms = now_ms;
     window_reset(chosen->window);
-    __atomic_store_n(&chosen->budget, budget, __ATOMIC_RELEASE);
+    store_release(&chosen->budget, budget);
     return chosen;
 }
 
 CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
-                                    bool commit, std::uint32_t self) noexcept {
+                                    bool commit, std::uint64_t self) noexcept {
     CounterResult r{};
     CounterSlot *slot = find_locked(budget, self);
     if (slot == nullptr) {
@@ -193,10 +162,10 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
             r.slot = ~std::uint64_t{0};
             return r;
         }
-        lock(&header_->claim_lock, self);
+        owner_lock(&header_->claim_lock, self);
         slot = find_locked(budget, self);
         if (slot == nullptr) slot = claim_locked(budget, limit, now_ms, self, r.evicted_active);
-        unlock(&header_->claim_lock);
+        owner_unlock(&header_->claim_lock);
         if (slot == nullptr) {
             r.decision.allowed = false;
             r.decision.limit = limit.count;
@@ -208,17 +177,17 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
     r.decision = window_consume(slot->window, limit, now_ms, commit);
     if (commit) slot->last_used_ms = now_ms;
     r.slot = static_cast<std::uint64_t>(slot - slots_);
-    unlock(&slot->lock);
+    owner_unlock(&slot->lock);
     return r;
 }
 
 void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
-                          std::uint32_t self) noexcept {
+                          std::uint64_t self) noexcept {
     if (result.slot >= header_->capacity || !result.decision.allowed) return;
     CounterSlot &slot = slots_[result.slot];
-    lock(&slot.lock, self);
+    owner_lock(&slot.lock, self);
     if (slot.budget == budget) window_refund(slot.window, result.decision.bucket);
-    unlock(&slot.lock);
+    owner_unlock(&slot.lock);
 }
 
 }  // namespace apikey

@@ -15,20 +15,20 @@
 namespace apikey {
 
 struct CounterSlot {
-    std::uint32_t lock;       // pid of the holder, 0 when free
+    std::uint64_t lock;       // owner_lock word: the holder's identity, 0 when free
     std::uint32_t period_ms;  // of the budget held here
+    std::uint32_t reserved;
     std::uint64_t budget;     // 0: never used
     std::int64_t last_used_ms;
     WindowState window;
 };
 static_assert(std::is_trivially_copyable_v<CounterSlot>);
-static_assert(sizeof(CounterSlot) == 96, "README states 96 bytes per counter");
+static_assert(sizeof(CounterSlot) == 104, "README states 104 bytes per counter");
 
 struct CounterTableHeader {
     std::uint32_t magic;
     std::uint32_t layout_version;
-    std::uint32_t claim_lock;
-    std::uint32_t reserved;
+    std::uint64_t claim_lock;  // owner_lock word
     std::uint64_t capacity;
     std::uint64_t evicted_active;  // counters evicted while still in their window
 };
@@ -63,20 +63,22 @@ public:
     std::uint64_t evicted_active() const noexcept;
 
     // One request against one budget. `self` identifies the calling process
-    // for the locks (its pid): a lock left by a process that died is taken over.
+    // for the locks, as this_process_identity() (process_identity.h): a lock
+    // left by a process that died is taken over. A bare pid still works, but
+    // then a dead holder whose pid was reused keeps its slot locked.
     CounterResult consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
-                          bool commit, std::uint32_t self) noexcept;
+                          bool commit, std::uint64_t self) noexcept;
 
-    void refund(const CounterResult &result, std::uint64_t budget, std::uint32_t self) noexcept;
+    void refund(const CounterResult &result, std::uint64_t budget, std::uint64_t self) noexcept;
 
 private:
     CounterTable(CounterTableHeader *header, CounterSlot *slots) noexcept
         : header_(header), slots_(slots) {}
 
     std::uint64_t home(std::uint64_t budget) const noexcept;
-    CounterSlot *find_locked(std::uint64_t budget, std::uint32_t self) noexcept;
+    CounterSlot *find_locked(std::uint64_t budget, std::uint64_t self) noexcept;
     CounterSlot *claim_locked(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
-                              std::uint32_t self, bool &evicted_active) noexcept;
+                              std::uint64_t self, bool &evicted_active) noexcept;
 
     CounterTableHeader *header_ = nullptr;
     CounterSlot *slots_ = nullptr;

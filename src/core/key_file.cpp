@@ -1,6 +1,8 @@
 #include "key_file.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -14,6 +16,7 @@
 #include <yaml-cpp/mark.h>
 #include <yaml-cpp/parser.h>
 
+#include "config_rules.h"
 #include "quoted.h"
 #include "timestamp.h"
 #include "yaml_subset.h"
@@ -23,16 +26,6 @@ namespace apikey {
 namespace {
 
 constexpr std::size_t kMaxTextLength = 128;
-
-// Ids, owners, plans and scopes end up in logs, headers and JSON: printable
-// ASCII without blanks, quotes or backslashes keeps every one of them safe.
-bool is_identifier(std::string_view s) noexcept {
-    if (s.empty() || s.size() > kMaxTextLength) return false;
-    for (char c : s) {
-        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\') return false;
-    }
-    return true;
-}
 
 enum class Field {
     version, prefixes, keys,                               // top level
@@ -435,23 +428,40 @@ void read_key_file(std::istream &in, KeyFileSink &sink) {
 }
 
 TableImage load_key_file(const std::string &path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw KeyFileLoadError(path + ": cannot open: " + std::strerror(errno));
-    }
+    // The type first, and a non-blocking open: a FIFO (or a device) at the
+    // path must fail at once, not hang nginx -t, a reload or a loader.
     struct stat st;
     if (::stat(path.c_str(), &st) != 0) {
-        throw KeyFileLoadError(path + ": cannot stat: " + std::strerror(errno));
+        throw KeyFileLoadError(path + ": stat() failed: " + std::strerror(errno));
     }
     if (!S_ISREG(st.st_mode)) {
+        throw KeyFileLoadError(path + ": not a regular file");
+    }
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        throw KeyFileLoadError(path + ": open() failed: " + std::strerror(errno));
+    }
+    struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+    } closer{fd};
+    // The file may have been replaced between stat() and open().
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         throw KeyFileLoadError(path + ": not a regular file");
     }
     if (static_cast<std::uint64_t>(st.st_size) > kMaxKeyFileBytes) {
         throw KeyFileLoadError(path + ": the file is larger than 1 GiB");
     }
     std::string text(static_cast<std::size_t>(st.st_size), '\0');
-    if (!in.read(text.data(), st.st_size) || in.gcount() != st.st_size) {
-        throw KeyFileLoadError(path + ": read error");
+    std::size_t got = 0;
+    while (got < text.size()) {
+        const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            throw KeyFileLoadError(path + (n < 0 ? ": read() failed: " + std::string(std::strerror(errno))
+                                                 : std::string(": the file shrank while it was read")));
+        }
+        got += static_cast<std::size_t>(n);
     }
     try {
         BuildingSink sink;

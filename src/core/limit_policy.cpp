@@ -36,6 +36,27 @@ std::string_view budget_holder(const KeyTable &table, const KeyRecord &record, L
     return table.text(record.id);
 }
 
+std::uint64_t key_zone_salt(std::string_view key_zone) noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+    for (char c : key_zone) {
+        h ^= static_cast<unsigned char>(c);
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+std::uint64_t budget_in_zone(std::uint64_t budget, std::uint64_t zone_salt) noexcept {
+    // splitmix64's finaliser over the pair: ids of two zones differ by no
+    // simple relation, so one tenant cannot aim at another's budget.
+    std::uint64_t h = budget ^ (zone_salt * 0x9e3779b97f4a7c15ull);
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebull;
+    h ^= h >> 31;
+    return h != 0 ? h : 1;
+}
+
 std::size_t describe_limit(char *out, Rate rate, std::string_view category) noexcept {
     const char *unit = rate.period_seconds == 1 ? "second"
                        : rate.period_seconds == 60 ? "minute"

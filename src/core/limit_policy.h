@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 #include "key_table.h"
@@ -27,6 +28,12 @@ Rate effective_rate(const KeyTable &table, const KeyRecord &record, std::string_
 // spelling never share a budget.
 std::string_view budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by,
                                char &kind) noexcept;
+
+// Budgets are per key zone: the same key id, owner or organization in two
+// key files (two tenants) never share a budget. zone_salt identifies the
+// key zone (key_zone_salt of its name); never returns 0.
+std::uint64_t key_zone_salt(std::string_view key_zone) noexcept;
+std::uint64_t budget_in_zone(std::uint64_t budget, std::uint64_t zone_salt) noexcept;
 
 // "1000 requests per minute for 'read' requests" into out; returns its length.
 constexpr std::size_t kMaxLimitDetail = 200;

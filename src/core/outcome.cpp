@@ -20,6 +20,7 @@ constexpr OutcomeInfo kInfo[kOutcomeCount] = {
     {403, "permission_error", "insufficient_scope",
      "The API key does not have the required scope '", "'."},
     {429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded: ", "."},
+    {500, "api_error", "internal_error", "An internal error occurred.", ""},
 };
 
 }  // namespace

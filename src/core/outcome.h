@@ -19,9 +19,10 @@ enum class Outcome : std::uint8_t {
     plan_required,
     insufficient_scope,
     rate_limited,
+    internal_error,  // the module itself failed (no memory, no table): refuse, never let through
 };
 
-constexpr std::size_t kOutcomeCount = 10;
+constexpr std::size_t kOutcomeCount = 11;
 
 struct OutcomeInfo {
     unsigned status;             // 0 for accepted

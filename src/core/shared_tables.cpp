@@ -1,6 +1,9 @@
 #include "shared_tables.h"
 
-#include <signal.h>
+#include "owner_lock.h"
+#include "process_identity.h"
+#include "shm_atomic.h"
+
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -12,35 +15,31 @@ namespace apikey {
 
 namespace {
 
-constexpr std::uint64_t kStateMagic = 0x3153'4554'4b41'5031ull;  // "1PAKTES1"
+constexpr std::uint64_t kStateMagic = 0x3253'4554'4b41'5031ull;  // "1PAKTES2"
 
 std::uint64_t align8(std::uint64_t n) noexcept { return (n + 7) & ~std::uint64_t{7}; }
 
-bool process_alive(std::uint32_t pid) noexcept {
-    return pid != 0 && !(kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH);
+template <std::size_t N>
+void copy_text(char (&out)[N], std::string_view text) noexcept {
+    const std::size_t n = text.size() < N - 1 ? text.size() : N - 1;
+    std::memcpy(out, text.data(), n);
+    out[n] = '\0';
 }
 
-template <typename T>
-T load(const T *p) noexcept {
-    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
-}
-
-template <typename T>
-void store(T *p, T v) noexcept {
-    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
-}
-
-bool take_lock(std::uint32_t *word, std::uint32_t pid) noexcept {
-    std::uint32_t expected = 0;
-    if (__atomic_compare_exchange_n(word, &expected, pid, false, __ATOMIC_ACQUIRE,
-                                    __ATOMIC_RELAXED)) {
-        return true;
+// Held by a writer only for one copy-and-publish, so waiting is short; a
+// writer that died is taken over (owner_lock.h).
+class WriterLock {
+public:
+    explicit WriterLock(std::uint64_t *word) noexcept : word_(word) {
+        owner_lock(word_, this_process_identity());
     }
-    // A loader that died mid-load must not block every later load.
-    return !process_alive(expected) &&
-           __atomic_compare_exchange_n(word, &expected, pid, false, __ATOMIC_ACQUIRE,
-                                       __ATOMIC_RELAXED);
-}
+    ~WriterLock() { owner_unlock(word_); }
+    WriterLock(const WriterLock &) = delete;
+    WriterLock &operator=(const WriterLock &) = delete;
+
+private:
+    std::uint64_t *word_;
+};
 
 }  // namespace
 
@@ -84,72 +83,150 @@ bool SharedTables::is_state(const SharedTablesState *state) noexcept {
 }
 
 const PublishedTable *SharedTables::current() const noexcept {
-    const std::uint64_t off = load(&state_->current);
+    const std::uint64_t off = load_seq(&state_->current);
     return off ? reinterpret_cast<const PublishedTable *>(memory_->base() + off) : nullptr;
 }
 
-bool SharedTables::install(const TableImage &image, const FileIdentity &file, std::int64_t now,
-                           std::string &error) noexcept {
+void *SharedTables::copy_in(const TableImage &image, std::string &error) noexcept {
     reclaim();
-    RetiredTable *slot = nullptr;
-    if (state_->current != 0) {
-        for (RetiredTable &r : state_->retired) {
-            if (r.offset == 0) {
-                slot = &r;
-                break;
-            }
-        }
-        if (slot == nullptr) {
-            error = "too many replaced key tables are still in use by running requests";
-            return false;
-        }
-    }
-
     const std::size_t bytes = sizeof(PublishedTable) + align8(image.size());
     void *p = memory_->allocate(bytes);
     if (p == nullptr) {
         error = "the zone has no room for the new key table (" + std::to_string(bytes / 1024 + 1) +
                 "k) beside the ones in use";
-        return false;
+        return nullptr;
     }
     auto *published = static_cast<PublishedTable *>(p);
-    const std::uint64_t old_offset = state_->current;
-    const std::uint64_t old_generation = state_->generation;
-    published->generation = old_generation + 1;
+    published->generation = 0;  // set when published
     published->size = image.size();
     std::memcpy(published + 1, image.data(), image.size());
+    return p;
+}
+
+void SharedTables::publish_locked(std::uint64_t offset, std::uint64_t keys,
+                                  const FileIdentity &file, std::string_view path,
+                                  std::int64_t now) noexcept {
+    const std::uint64_t old_offset = state_->current;
+    const std::uint64_t old_generation = state_->generation;
+    auto *published = reinterpret_cast<PublishedTable *>(memory_->base() + offset);
+    published->generation = old_generation + 1;
 
     // The pointer first, the number second: a reader that sees the new
     // number is then sure to see the new pointer too.
-    store(&state_->current,
-          static_cast<std::uint64_t>(static_cast<unsigned char *>(p) - memory_->base()));
-    store(&state_->generation, published->generation);
-    if (slot != nullptr) {
-        slot->generation = old_generation;
-        store(&slot->offset, old_offset);
+    store_seq(&state_->current, offset);
+    store_seq(&state_->generation, published->generation);
+    if (old_offset != 0) {
+        RetiredTable *slot = nullptr;
+        for (RetiredTable &r : state_->retired) {
+            if (load_seq(&r.offset) == 0) {
+                slot = &r;
+                break;
+            }
+        }
+        if (slot != nullptr) {
+            slot->generation = old_generation;
+            store_seq(&slot->offset, old_offset);
+        } else {
+            // Never freed while someone might read it: abandoned instead.
+            state_->leaked++;
+        }
     }
-    state_->keys = image.table().key_count();
+    state_->keys = keys;
     state_->loaded_at = now;
     state_->loaded_file = file;
+    copy_text(state_->loaded_path, path);
     state_->failed_at = 0;
     state_->failed_file = FileIdentity{};
+    state_->failed_transiently = 0;
     state_->last_error[0] = '\0';
-    reclaim();
+}
+
+bool SharedTables::has_retired_room() const noexcept {
+    if (state_->current == 0) return true;
+    for (const RetiredTable &r : state_->retired) {
+        if (load_seq(&r.offset) == 0) return true;
+    }
+    return false;
+}
+
+bool SharedTables::stage(const TableImage &image, const FileIdentity &file,
+                         std::string_view path, std::string &error) noexcept {
+    WriterLock lock(&state_->writer_lock);
+    discard_staged_locked();
+    void *p = copy_in(image, error);
+    if (p == nullptr) return false;
+    state_->staged_file = file;
+    state_->staged_keys = image.table().key_count();
+    copy_text(state_->staged_path, path);
+    store_seq(&state_->staged,
+              static_cast<std::uint64_t>(static_cast<unsigned char *>(p) - memory_->base()));
     return true;
+}
+
+bool SharedTables::has_staged() const noexcept { return load_seq(&state_->staged) != 0; }
+
+std::uint64_t SharedTables::publish_staged(std::int64_t now) noexcept {
+    WriterLock lock(&state_->writer_lock);
+    const std::uint64_t offset = state_->staged;
+    if (offset != 0) {
+        reclaim();
+        publish_locked(offset, state_->staged_keys, state_->staged_file, state_->staged_path, now);
+        store_seq(&state_->staged, std::uint64_t{0});
+    }
+    const std::uint64_t config = state_->config_generation + 1;
+    store_seq(&state_->config_generation, config);
+    return config;
+}
+
+void SharedTables::discard_staged_locked() noexcept {
+    const std::uint64_t offset = state_->staged;
+    if (offset == 0) return;
+    store_seq(&state_->staged, std::uint64_t{0});
+    memory_->release(memory_->base() + offset);
+}
+
+void SharedTables::discard_staged() noexcept {
+    WriterLock lock(&state_->writer_lock);
+    discard_staged_locked();
+}
+
+InstallResult SharedTables::install(const TableImage &image, const FileIdentity &file,
+                                    std::string_view path, std::uint64_t config, std::int64_t now,
+                                    std::string &error) noexcept {
+    if (load_seq(&state_->config_generation) != config) return InstallResult::superseded;
+    reclaim();
+    if (!has_retired_room()) {
+        error = "too many replaced key tables are still being read";
+        return InstallResult::no_room;
+    }
+    // The copy is made before the lock: a million keys take a while to
+    // copy, and a reload's master must not wait for that.
+    void *p = copy_in(image, error);
+    if (p == nullptr) return InstallResult::no_room;
+    const std::uint64_t offset =
+        static_cast<std::uint64_t>(static_cast<unsigned char *>(p) - memory_->base());
+
+    WriterLock lock(&state_->writer_lock);
+    if (state_->config_generation != config) {
+        memory_->release(p);
+        return InstallResult::superseded;
+    }
+    publish_locked(offset, image.table().key_count(), file, path, now);
+    return InstallResult::installed;
 }
 
 unsigned SharedTables::reclaim() noexcept {
     unsigned freed = 0;
     for (RetiredTable &r : state_->retired) {
-        const std::uint64_t offset = load(&r.offset);
+        const std::uint64_t offset = load_seq(&r.offset);
         if (offset == 0) continue;
         bool in_use = false;
         for (const ReaderSlot &reader : state_->readers) {
-            const std::uint32_t pid = load(&reader.pid);
-            if (pid == 0) continue;
-            bool holds = load(&reader.floor) <= r.generation;
-            for (const std::uint64_t &g : reader.held) holds = holds || load(&g) == r.generation;
-            if (holds && process_alive(pid)) {
+            const std::uint64_t owner = load_seq(&reader.owner);
+            if (owner == 0) continue;
+            bool holds = load_seq(&reader.floor) <= r.generation;
+            for (const std::uint64_t &g : reader.held) holds = holds || load_seq(&g) == r.generation;
+            if (holds && process_alive(owner)) {
                 in_use = true;
                 break;
             }
@@ -158,8 +235,7 @@ unsigned SharedTables::reclaim() noexcept {
         // Two processes may reclaim at once: only the one that clears the
         // entry frees the table.
         std::uint64_t expected = offset;
-        if (__atomic_compare_exchange_n(&r.offset, &expected, 0, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
+        if (compare_exchange_seq(&r.offset, expected, std::uint64_t{0})) {
             memory_->release(memory_->base() + offset);
             freed++;
         }
@@ -167,14 +243,13 @@ unsigned SharedTables::reclaim() noexcept {
     return freed;
 }
 
-bool SharedTables::join(std::uint32_t pid) noexcept {
+bool SharedTables::join(std::uint64_t owner) noexcept {
     for (ReaderSlot &slot : state_->readers) {
-        std::uint32_t holder = load(&slot.pid);
+        std::uint64_t holder = load_seq(&slot.owner);
         if (holder != 0 && process_alive(holder)) continue;
-        store(&slot.floor, kNoGeneration);
-        for (std::uint64_t &g : slot.held) store(&g, std::uint64_t{0});
-        if (__atomic_compare_exchange_n(&slot.pid, &holder, pid, false, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST)) {
+        store_seq(&slot.floor, kNoGeneration);
+        for (std::uint64_t &g : slot.held) store_seq(&g, std::uint64_t{0});
+        if (compare_exchange_seq(&slot.owner, holder, owner)) {
             slot_ = &slot;
             return true;
         }
@@ -184,22 +259,22 @@ bool SharedTables::join(std::uint32_t pid) noexcept {
 
 void SharedTables::leave() noexcept {
     if (slot_ == nullptr) return;
-    store(&slot_->floor, kNoGeneration);
-    for (std::uint64_t &g : slot_->held) store(&g, std::uint64_t{0});
-    store(&slot_->pid, std::uint32_t{0});
+    store_seq(&slot_->floor, kNoGeneration);
+    for (std::uint64_t &g : slot_->held) store_seq(&g, std::uint64_t{0});
+    store_seq(&slot_->owner, std::uint64_t{0});
     slot_ = nullptr;
 }
 
 void SharedTables::set_floor(std::uint64_t floor) noexcept {
     // Only this process writes its slot: skip the store when nothing changes.
-    if (__atomic_load_n(&slot_->floor, __ATOMIC_RELAXED) != floor) store(&slot_->floor, floor);
+    if (load_relaxed(&slot_->floor) != floor) store_seq(&slot_->floor, floor);
 }
 
 SharedTables::Ref SharedTables::acquire() noexcept {
     Ref ref;
     if (slot_ != nullptr) {
-        const std::uint64_t floor = load(&state_->generation);
-        if (floor < __atomic_load_n(&slot_->floor, __ATOMIC_RELAXED)) store(&slot_->floor, floor);
+        const std::uint64_t floor = load_seq(&state_->generation);
+        if (floor < load_relaxed(&slot_->floor)) store_seq(&slot_->floor, floor);
     }
     const PublishedTable *table = current();
     if (table == nullptr) return ref;
@@ -218,7 +293,7 @@ SharedTables::Ref SharedTables::acquire() noexcept {
     }
     if (ref.entry < 0 && free_entry >= 0) {
         ref.entry = free_entry;
-        store(&slot_->held[free_entry], ref.generation);  // before the floor goes
+        store_seq(&slot_->held[free_entry], ref.generation);  // before the floor goes
     }
     if (ref.entry >= 0) {
         counts_[ref.entry]++;
@@ -239,7 +314,7 @@ void SharedTables::release(Ref &ref) noexcept {
             set_floor(kNoGeneration);
         }
     } else if (ref.entry >= 0 && counts_[ref.entry] > 0 && --counts_[ref.entry] == 0) {
-        store(&slot_->held[ref.entry], std::uint64_t{0});
+        store_seq(&slot_->held[ref.entry], std::uint64_t{0});
     }
     ref.entry = -1;
 }
@@ -261,12 +336,10 @@ void SharedTables::clear_failure() noexcept {
     state_->last_error[0] = '\0';
 }
 
-bool SharedTables::try_lock_loader(std::uint32_t pid) noexcept {
-    return take_lock(&state_->loader_lock, pid);
+bool SharedTables::try_claim_loading(std::uint64_t owner) noexcept {
+    return owner_try_lock(&state_->loading_by, owner);
 }
 
-void SharedTables::unlock_loader() noexcept {
-    __atomic_store_n(&state_->loader_lock, 0, __ATOMIC_RELEASE);
-}
+void SharedTables::end_loading() noexcept { owner_unlock(&state_->loading_by); }
 
 }  // namespace apikey

@@ -11,11 +11,19 @@
 //     loads the pointer (which can only be as new or newer), records the
 //     generation it got, and drops the floor.
 //   - A replaced table goes on a retired list and is freed once no live
-//     reader holds its generation or has a floor at or below it. A long
-//     request pins only its own table, not the ones replaced after it.
-//     Slots of processes that died are ignored.
+//     reader holds its generation or has a floor at or below it. Requests
+//     hold a table only while they decide (they copy what they keep), so
+//     no client can hold one for long. Slots of processes that died, or
+//     whose pid was reused, are ignored.
 // Request paths take no lock: one atomic load, a few local counters, one
 // store to the process's own slot.
+//
+// Writers (the master at a reload, a worker's loader thread under check=)
+// take one writer lock for the short copy-and-publish; generations only
+// grow. A reload stages its table while nginx builds the new cycle and
+// publishes it only once the cycle has succeeded; the publish moves the
+// zone to a new configuration generation, and a check= load from an older
+// configuration (old workers still draining) is never installed.
 #pragma once
 
 #include <cstddef>
@@ -59,13 +67,13 @@ bool identify_file(const std::string &path, FileIdentity &out) noexcept;
 constexpr std::size_t kMaxReaders = 256;   // processes reading one zone at once
 constexpr std::size_t kMaxRetired = 16;    // replaced tables awaiting release
 constexpr std::size_t kMaxLoadError = 512;
+constexpr std::size_t kMaxLoadedPath = 1024;
 
 constexpr std::size_t kHeldPerReader = 4;
 constexpr std::uint64_t kNoGeneration = ~std::uint64_t{0};
 
 struct ReaderSlot {
-    std::uint32_t pid;  // 0: free
-    std::uint32_t reserved;
+    std::uint64_t owner;  // process identity (process_identity.h); 0: free
     std::uint64_t floor;                 // generations >= floor may be in use
     std::uint64_t held[kHeldPerReader];  // generations held; 0: entry unused
 };
@@ -84,14 +92,21 @@ struct SharedTablesState {
     std::int64_t loaded_at;    // unix seconds
     std::uint64_t keys;
     FileIdentity loaded_file;
-    std::uint32_t loader_lock;  // pid of the process loading a changed file
-    std::uint32_t reserved;
+    std::uint64_t writer_lock;  // owner identity: one install or publish at a time
+    std::uint64_t loading_by;   // owner identity of the process parsing a changed file
+    std::uint64_t config_generation;  // bumped by each configuration that publishes
+    std::uint64_t staged;             // offset of a table staged by a reload, 0 if none
+    FileIdentity staged_file;
+    std::uint64_t staged_keys;
+    char staged_path[kMaxLoadedPath];
+    char loaded_path[kMaxLoadedPath];  // the file of the table in force (api_key_status)
     FileIdentity failed_file;   // the file version the last error is about
     std::int64_t failed_at;
     std::uint32_t failed_transiently;  // no room yet: retried, not given up
     std::uint32_t reserved2;
     char last_error[kMaxLoadError];  // empty after a successful load
     std::uint64_t usage;  // offset of the UsageTable, 0 if none
+    std::uint64_t leaked;  // tables a reload had to abandon (every retired entry in use)
     RetiredTable retired[kMaxRetired];
     ReaderSlot readers[kMaxReaders];
 };
@@ -107,6 +122,8 @@ struct PublishedTable {
 // Bytes a zone needs to hold `tables` tables of this size at once, plus the
 // fixed state; the allocator's own overhead is the caller's to add.
 std::size_t shared_tables_bytes(std::size_t image_size, unsigned tables) noexcept;
+
+enum class InstallResult { installed, no_room, superseded };
 
 // One process's view of a zone: its reader slot and the local reference
 // counts of the generations its requests use.
@@ -129,19 +146,29 @@ public:
     SharedTablesState *state() const noexcept { return state_; }
     UsageTable &usage() noexcept { return usage_; }
 
-    // Copies the image into the zone and makes it current; the previous
-    // table is retired. On failure (no room while replaced tables are still
-    // in use) returns false with a reason; the current table stays. Callers
-    // serialise installs (nginx's master at a reload, or the loader lock
-    // under check=).
-    bool install(const TableImage &image, const FileIdentity &file, std::int64_t now,
-                 std::string &error) noexcept;
+    // A reload, while nginx builds the new cycle: copies the image into the
+    // zone without publishing it (a table staged earlier and never
+    // published is freed first). False with a reason when there is no room.
+    bool stage(const TableImage &image, const FileIdentity &file, std::string_view path,
+               std::string &error) noexcept;
+    // The cycle succeeded: the staged table becomes current and the zone
+    // moves to a new configuration generation, which is returned. Cannot fail.
+    std::uint64_t publish_staged(std::int64_t now) noexcept;
+    // The cycle failed: the staged table is freed, nothing else changes.
+    void discard_staged() noexcept;
+    bool has_staged() const noexcept;
+
+    // check=: copies the image into the zone and makes it current, unless
+    // the configuration in force is no longer `config` (superseded: a
+    // reload happened). no_room comes with a reason; the current table stays.
+    InstallResult install(const TableImage &image, const FileIdentity &file, std::string_view path,
+                          std::uint64_t config, std::int64_t now, std::string &error) noexcept;
 
     // Frees retired tables no live reader can still see; returns how many.
     unsigned reclaim() noexcept;
 
-    // Registers this process as a reader (pid must be unique among live readers).
-    bool join(std::uint32_t pid) noexcept;
+    // Registers this process as a reader (owner: its process identity).
+    bool join(std::uint64_t owner) noexcept;
     void leave() noexcept;
 
     // The current table, held until release(). Lock-free.
@@ -162,14 +189,22 @@ public:
     // The file is back to the version in force: forget a failure.
     void clear_failure() noexcept;
 
-    bool try_lock_loader(std::uint32_t pid) noexcept;
-    void unlock_loader() noexcept;
+    // Which process parses a changed file (the others skip it); a claim
+    // left by a process that died is taken over.
+    bool try_claim_loading(std::uint64_t owner) noexcept;
+    void end_loading() noexcept;
 
 private:
     static constexpr int kOverflow = -2;  // Ref::entry of a request counted under the floor
 
     void set_floor(std::uint64_t floor) noexcept;
     const PublishedTable *current() const noexcept;
+    void *copy_in(const TableImage &image, std::string &error) noexcept;
+    // Makes the table at `offset` current; the writer lock is held.
+    void discard_staged_locked() noexcept;
+    bool has_retired_room() const noexcept;
+    void publish_locked(std::uint64_t offset, std::uint64_t keys, const FileIdentity &file,
+                        std::string_view path, std::int64_t now) noexcept;
 
     ZoneMemory *memory_ = nullptr;
     SharedTablesState *state_ = nullptr;

@@ -1,6 +1,7 @@
 #include "status_report.h"
 
 #include "json.h"
+#include "shm_atomic.h"
 #include "timestamp.h"
 
 namespace apikey {
@@ -63,11 +64,9 @@ void json_codes(std::string &out, const std::uint64_t (&count)[kOutcomeCount]) {
     out += '}';
 }
 
-std::uint64_t load(const std::uint64_t &v) { return __atomic_load_n(&v, __ATOMIC_RELAXED); }
-
 // A snapshot of one slot's counters (each read atomically).
 void snapshot(const UsageSlot &s, std::uint64_t (&count)[kOutcomeCount]) {
-    for (std::size_t o = 0; o < kOutcomeCount; o++) count[o] = load(s.count[o]);
+    for (std::size_t o = 0; o < kOutcomeCount; o++) count[o] = load_relaxed(&s.count[o]);
 }
 
 // Prometheus label values: backslash, quote and newline escaped.
@@ -116,13 +115,13 @@ std::string status_json(const std::vector<ZoneReport> &zones) {
         }
         const UsageTotals &t = r.usage->totals();
         std::uint64_t totals[kOutcomeCount];
-        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load(t.count[o]);
+        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load_relaxed(&t.count[o]);
         out += ",\"requests\":{\"accepted\":" + std::to_string(totals[0]);
         out += ",\"rate_limited\":" +
                std::to_string(totals[static_cast<std::size_t>(Outcome::rate_limited)]);
         out += ",\"denied\":";
         json_codes(out, totals);
-        out += ",\"untracked\":" + std::to_string(load(t.untracked)) + "}";
+        out += ",\"untracked\":" + std::to_string(load_relaxed(&t.untracked)) + "}";
         out += ",\"usage\":[";
         bool first = true;
         for (std::uint64_t i = 0; i < r.usage->capacity(); i++) {
@@ -140,7 +139,7 @@ std::string status_json(const std::vector<ZoneReport> &zones) {
             out += ",\"denied\":";
             json_codes(out, count);
             out += ",\"last_used\":";
-            json_time(out, __atomic_load_n(&s->last_used, __ATOMIC_RELAXED));
+            json_time(out, load_relaxed(&s->last_used));
             out += '}';
         }
         out += "]}";
@@ -198,7 +197,8 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
     for (const ZoneReport &r : zones) {
         if (r.usage == nullptr || !r.usage->valid()) continue;
         std::uint64_t totals[kOutcomeCount];
-        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load(r.usage->totals().count[o]);
+        const UsageTotals &t = r.usage->totals();
+        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load_relaxed(&t.count[o]);
         for (const CodeCount &c : by_code(totals)) {
             out += "api_key_zone_requests_total{";
             label(out, "zone", r.zone);
@@ -214,7 +214,7 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
         if (r.usage == nullptr || !r.usage->valid()) continue;
         out += "api_key_zone_untracked_requests_total{";
         label(out, "zone", r.zone);
-        out += "} " + std::to_string(load(r.usage->totals().untracked)) + '\n';
+        out += "} " + std::to_string(load_relaxed(&r.usage->totals().untracked)) + '\n';
     }
 
     help("api_key_requests_total", "counter", "Requests per key by outcome (keys used since start).");
@@ -241,7 +241,7 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
             last_used += ',';
             label(last_used, "key_id", id);
             last_used += "} " +
-                         std::to_string(__atomic_load_n(&s->last_used, __ATOMIC_RELAXED)) + '\n';
+                         std::to_string(load_relaxed(&s->last_used)) + '\n';
         }
     }
     help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");

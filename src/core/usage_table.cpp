@@ -3,6 +3,8 @@
 #include <cstring>
 #include <new>
 
+#include "shm_atomic.h"
+
 namespace apikey {
 
 namespace {
@@ -19,7 +21,7 @@ std::uint64_t hash_id(std::string_view id) noexcept {
     return h != 0 ? h : 1;
 }
 
-void add(std::uint64_t *counter) noexcept { __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
+void add(std::uint64_t *counter) noexcept { fetch_add_relaxed(counter, 1); }
 
 }  // namespace
 
@@ -38,7 +40,7 @@ UsageTable UsageTable::adopt(void *memory) noexcept {
 
 const UsageSlot *UsageTable::slot(std::uint64_t i) const noexcept {
     const UsageSlot &s = slots_[i];
-    return __atomic_load_n(&s.ready, __ATOMIC_ACQUIRE) ? &s : nullptr;
+    return load_acquire(&s.ready) ? &s : nullptr;
 }
 
 UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
@@ -50,14 +52,13 @@ UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
         (static_cast<unsigned __int128>(h) * cap) >> 64);
     for (unsigned i = 0; i < kProbe && i < cap; i++) {
         UsageSlot &s = slots_[(start + i) % cap];
-        std::uint64_t seen = __atomic_load_n(&s.id_hash, __ATOMIC_ACQUIRE);
+        std::uint64_t seen = load_acquire(&s.id_hash);
         if (seen == h) return &s;
         if (seen != 0) continue;
-        if (__atomic_compare_exchange_n(&s.id_hash, &seen, h, false, __ATOMIC_ACQ_REL,
-                                        __ATOMIC_ACQUIRE)) {
+        if (compare_exchange(&s.id_hash, seen, h)) {
             std::memcpy(s.id, key_id.data(), key_id.size());
             s.id_len = static_cast<std::uint32_t>(key_id.size());
-            __atomic_store_n(&s.ready, 1, __ATOMIC_RELEASE);
+            store_release(&s.ready, 1);
             return &s;
         }
         if (seen == h) return &s;  // another process claimed it for the same key
@@ -76,7 +77,7 @@ void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t no
         return;
     }
     add(&s->count[o]);
-    __atomic_store_n(&s->last_used, now, __ATOMIC_RELAXED);
+    store_relaxed(&s->last_used, now);
 }
 
 }  // namespace apikey

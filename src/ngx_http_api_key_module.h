@@ -1,0 +1,195 @@
+// What the module's two nginx-facing files share: the configuration-time
+// half (ngx_http_api_key_config.cpp: directives, zones, reloads, check=
+// loads, process start and exit) and the request-time half
+// (ngx_http_api_key_request.cpp: the access decision, refusals, hiding,
+// headers, variables, api_key_status). Only these three files see nginx
+// types; every decision is made in src/core.
+#pragma once
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+}
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "core/access_policy.h"
+#include "core/config_rules.h"
+#include "core/counter_table.h"
+#include "core/key_digest_cache.h"
+#include "core/limit_policy.h"
+#include "core/request_id.h"
+#include "core/shared_tables.h"
+
+extern "C" ngx_module_t ngx_http_api_key_module;
+
+namespace ngx_api_key {
+
+// nginx's slab allocator behind the core's ZoneMemory. Used when a table is
+// staged, installed or freed, never per request; ngx_slab_alloc takes the
+// zone's mutex itself, so a loader thread may call it too.
+class SlabMemory final : public apikey::ZoneMemory {
+public:
+    ngx_slab_pool_t *pool = nullptr;
+
+    unsigned char *base() override { return reinterpret_cast<unsigned char *>(pool); }
+    void *allocate(std::size_t bytes) noexcept override { return ngx_slab_alloc(pool, bytes); }
+    void release(void *p) noexcept override { ngx_slab_free(pool, p); }
+};
+
+struct KeyZone;
+
+// check=: parses a changed key file on a thread of its own and installs it,
+// so the event loop never waits for a million keys. The event loop starts
+// it, polls it from the zone's timer, and logs what it did.
+class KeyLoader {
+public:
+    enum class Result { installed, failed, no_room, superseded };
+
+    bool running() const noexcept { return thread_.joinable(); }
+    bool finished() const noexcept { return done_.load(std::memory_order_acquire); }
+    // False if the thread could not be started.
+    bool start(KeyZone &zone, const apikey::FileIdentity &file) noexcept;
+    // Joins a finished (or, at exit, a running) thread.
+    void join() noexcept;
+
+    Result result = Result::installed;
+    bool first_report = false;  // the failure is new for this version of the file
+    std::string message;
+
+private:
+    void run(KeyZone &zone, apikey::FileIdentity file) noexcept;
+
+    std::thread thread_;
+    std::atomic<bool> done_{false};
+};
+
+// One api_key_zone, in the cycle pool. The table image is parsed at
+// configuration time (so nginx -t and a reload report file errors with
+// their line), staged into the zone by init_zone and published only once
+// the whole cycle has succeeded (init_module).
+struct KeyZone {
+    ngx_str_t name;
+    std::string path;
+    ngx_msec_t check = 0;          // check= interval, 0 when off
+    size_t usage_capacity = 0;     // keys api_key_status can track
+    std::uint64_t budget_salt = 0;  // budgets are per key zone
+    apikey::TableImage image;      // released once staged
+    apikey::FileIdentity file;     // the version of the file in `image`
+    bool staged = false;           // this configuration staged a table not yet published
+    std::uint64_t config = 0;      // the zone's configuration generation this cycle published
+    SlabMemory memory;
+    apikey::SharedTables shared;   // this process's view of the zone
+    ngx_event_t check_event;
+    KeyLoader loader;
+};
+
+// One api_key_limit_zone: rate-limit counters that outlive reloads.
+struct LimitZone {
+    ngx_str_t name;
+    apikey::CounterTable table;
+    ngx_msec_t warned_at = 0;  // per worker: a full zone is logged at most every 10 s
+};
+
+// api_key_limit lines per configuration level.
+constexpr size_t kMaxLimits = 8;
+
+struct Source {
+    ngx_str_t header;  // lower case; empty for "bearer"
+};
+
+struct LimitConf {
+    ngx_shm_zone_t *zone;
+    ngx_str_t category;
+    apikey::Rate rate;
+};
+
+struct ScopeRuleConf {
+    unsigned methods;
+    ngx_array_t *scopes;  // of ngx_str_t
+};
+
+enum class StatusFormat : ngx_uint_t { json, prometheus };
+
+struct ApiKeyMainConf {
+    // Indexes of the $http_* variables that name a key's header, cleared
+    // when the header is hidden (their cached values hold the key).
+    ngx_array_t carrier_variables;  // of ngx_uint_t
+    ngx_array_t source_headers;     // of ngx_str_t: every header=NAME of api_key_source
+};
+
+struct ApiKeyLocConf {
+    ngx_shm_zone_t *zone;     // NULL: api_key off
+    ngx_array_t *sources;     // of Source
+    ngx_array_t *scope_rules; // of ScopeRuleConf
+    ngx_array_t *plans;       // of ngx_str_t
+    ngx_uint_t environment;
+    ngx_flag_t dry_run;
+    ngx_flag_t hide_credentials;
+    ngx_uint_t status_format; // StatusFormat
+    ngx_array_t *limits;      // of LimitConf
+    ngx_str_t limit_category; // empty: auto
+    ngx_uint_t limit_by;
+    ngx_str_t realm;
+    ngx_str_t challenge;           // WWW-Authenticate when no key was sent
+    ngx_str_t challenge_invalid;   // ... and when one was
+    apikey::AccessPolicy *policy;  // built at merge, owned by the cf pool
+};
+
+// Per-worker state of the request path, seeded by init_process.
+extern apikey::RequestIdGenerator request_ids;
+extern apikey::KeyDigestCache key_digests;
+extern std::uint64_t self_identity;  // process_identity.h: robust to pid reuse
+extern ngx_http_output_header_filter_pt next_header_filter;
+
+// Request time (ngx_http_api_key_request.cpp).
+ngx_int_t access_handler(ngx_http_request_t *r) noexcept;
+ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept;
+ngx_int_t header_filter(ngx_http_request_t *r) noexcept;
+ngx_int_t status_handler(ngx_http_request_t *r) noexcept;
+ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
+
+template <typename F>
+void for_each_key_zone(ngx_cycle_t *cycle, F &&f) noexcept {
+    for (ngx_list_part_t *part = &cycle->shared_memory.part; part; part = part->next) {
+        auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            if (zones[i].tag == &ngx_http_api_key_module && zones[i].data != nullptr) {
+                f(*static_cast<KeyZone *>(zones[i].data));
+            }
+        }
+    }
+}
+
+// --- small conversions --------------------------------------------------------
+
+inline std::string_view to_view(const ngx_str_t &s) noexcept {
+    return {reinterpret_cast<const char *>(s.data), s.len};
+}
+
+inline ngx_str_t literal(std::string_view s) noexcept {
+    return {s.size(), reinterpret_cast<u_char *>(const_cast<char *>(s.data()))};
+}
+
+// An ngx_array_t seen as a range of T (a null array is empty).
+template <typename T>
+struct Items {
+    const T *first;
+    const T *last;
+    const T *begin() const noexcept { return first; }
+    const T *end() const noexcept { return last; }
+};
+
+template <typename T>
+Items<T> items(const ngx_array_t *a) noexcept {
+    if (a == nullptr) return {nullptr, nullptr};
+    const T *p = static_cast<const T *>(a->elts);
+    return {p, p + a->nelts};
+}
+
+}  // namespace ngx_api_key

@@ -1,0 +1,795 @@
+// Request time: the access decision (main requests in the access phase,
+// subrequests in pre-access), the one refusal function, credential hiding,
+// the response headers, the $api_key_* variables and api_key_status.
+
+#include "ngx_http_api_key_module.h"
+
+#include <cstring>
+#include <exception>
+#include <new>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "core/credential.h"
+#include "core/outcome.h"
+#include "core/status_report.h"
+
+namespace ngx_api_key {
+
+apikey::RequestIdGenerator request_ids;
+apikey::KeyDigestCache key_digests;
+std::uint64_t self_identity;
+ngx_http_output_header_filter_pt next_header_filter;
+
+namespace {
+
+using apikey::Outcome;
+
+// What variables and logs need of a key, copied out of the table into the
+// request's pool: a request holds a key table only while it decides, so no
+// client, however slow, can keep a replaced table (and its revoked keys)
+// alive.
+struct KeyFacts {
+    ngx_str_t id, owner, organization, plan, scopes;
+};
+
+// The limit a response reports: the one closest to refusing.
+struct LimitReport {
+    bool limited = false;
+    apikey::WindowDecision decision{};
+    apikey::Rate rate{};
+    std::string_view category;  // points into the location's configuration
+};
+
+// A budget this request has spent (or, in dry run, only looked at). Each
+// budget is spent at most once per request, however many locations
+// (internal redirects) and subrequests apply it.
+struct SpentBudget {
+    LimitZone *zone;
+    std::uint64_t id;
+    apikey::CounterResult result;
+    bool committed;
+};
+constexpr size_t kMaxSpent = 16;
+
+// One access decision: a main request's (in each location it reaches) or a
+// subrequest's.
+struct Decision {
+    Outcome outcome = Outcome::internal_error;
+    bool key_sent = false;
+    std::string_view missing_scope;  // in the location's policy
+    LimitReport limit;
+};
+
+// Per main request, shared by its subrequests. It lives in a pool cleanup
+// entry so that it is found again after an internal redirect (nginx clears
+// module contexts then), and it holds nothing that needs releasing.
+struct RequestCtx {
+    char request_id[apikey::kRequestIdLength];
+
+    // The header list as the client sent it, saved before the first hiding:
+    // every location and subrequest reads its sources from it.
+    bool headers_saved;
+    ngx_list_t client_headers;
+    ngx_table_elt_t *client_authorization;
+
+    // The last key identified, and in which zone (prefixes are per file).
+    const char *key_data;
+    size_t key_len;
+    const KeyZone *identified_in;
+    Outcome presented;  // accepted: the digest and environment are set
+    apikey::Environment environment;
+    apikey::Digest digest;
+
+    // The decision variables and response headers report: the main
+    // request's latest, or an auth subrequest's while the main request has
+    // none of its own.
+    bool decided;
+    bool decided_by_main;
+    bool dry_run;
+    bool counted;  // in the zone's usage counters, once per request
+    Outcome outcome;
+    KeyFacts facts;
+    LimitReport limit;
+
+    size_t spent_count;
+    SpentBudget spent[kMaxSpent];
+
+    // X-RateLimit-Limit, -Remaining and -Reset, written without the pool.
+    u_char rate_limit_digits[3][NGX_INT64_LEN];
+};
+static_assert(std::is_trivially_destructible_v<RequestCtx>,
+              "lives in pool memory with no destructor run");
+
+void ctx_marker(void *) noexcept {}
+
+// nginx clears module contexts on an internal redirect (index, try_files,
+// error_page); the pool cleanup entry keeps ours findable, as realip does.
+RequestCtx *find_ctx(ngx_http_request_t *r) noexcept {
+    r = r->main;
+    auto *ctx = static_cast<RequestCtx *>(ngx_http_get_module_ctx(r, ngx_http_api_key_module));
+    if (ctx == nullptr && (r->internal || r->filter_finalize)) {
+        for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln; cln = cln->next) {
+            if (cln->handler == ctx_marker) {
+                ctx = static_cast<RequestCtx *>(cln->data);
+                ngx_http_set_ctx(r, ctx, ngx_http_api_key_module);
+                break;
+            }
+        }
+    }
+    return ctx;
+}
+
+RequestCtx *main_ctx(ngx_http_request_t *r) noexcept {
+    RequestCtx *ctx = find_ctx(r);
+    if (ctx != nullptr) return ctx;
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->main->pool, sizeof(RequestCtx));
+    if (cln == nullptr) return nullptr;
+    // Not value-initialised: zeroing the spent-budget array on every
+    // request would cost more than the rest of this function.
+    ctx = new (cln->data) RequestCtx;
+    ctx->headers_saved = false;
+    ctx->key_data = nullptr;
+    ctx->key_len = 0;
+    ctx->identified_in = nullptr;
+    ctx->decided = false;
+    ctx->decided_by_main = false;
+    ctx->dry_run = false;
+    ctx->counted = false;
+    ctx->spent_count = 0;
+    cln->handler = ctx_marker;
+    ngx_http_set_ctx(r->main, ctx, ngx_http_api_key_module);
+    request_ids.next(ctx->request_id);
+    return ctx;
+}
+
+unsigned method_of(const ngx_http_request_t *r) noexcept {
+    switch (r->method) {
+    case NGX_HTTP_GET: return apikey::kGet;
+    case NGX_HTTP_HEAD: return apikey::kHead;
+    case NGX_HTTP_POST: return apikey::kPost;
+    case NGX_HTTP_PUT: return apikey::kPut;
+    case NGX_HTTP_PATCH: return apikey::kPatch;
+    case NGX_HTTP_DELETE: return apikey::kDelete;
+    case NGX_HTTP_OPTIONS: return apikey::kOptions;
+    default: return apikey::kOtherMethod;
+    }
+}
+
+bool is_header(const ngx_table_elt_t &h, const ngx_str_t &lowercase_name) noexcept {
+    return h.key.len == lowercase_name.len &&
+           ngx_strncmp(h.lowcase_key, lowercase_name.data, lowercase_name.len) == 0;
+}
+
+template <typename F>
+void for_each_header(const ngx_list_t &list, F &&f) noexcept {
+    for (const ngx_list_part_t *part = &list.part; part; part = part->next) {
+        auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) f(h[i]);
+    }
+}
+
+// Reads every configured source of the location, all of them, so that two
+// different keys in one request are noticed; from the headers as the
+// client sent them, even after an earlier location hid them.
+apikey::KeyCollector collect_key(ngx_http_request_t *r, const ApiKeyLocConf *lcf,
+                                 const RequestCtx *ctx) noexcept {
+    const ngx_list_t &headers = ctx->headers_saved ? ctx->client_headers : r->headers_in.headers;
+    const ngx_table_elt_t *authorization =
+        ctx->headers_saved ? ctx->client_authorization : r->headers_in.authorization;
+    apikey::KeyCollector keys;
+    for (const Source &s : items<Source>(lcf->sources)) {
+        if (s.header.len == 0) {
+            if (authorization == nullptr) continue;
+            std::string_view token;
+            switch (apikey::parse_bearer(to_view(authorization->value), token)) {
+            case apikey::BearerParse::token: keys.offer(token); break;
+            case apikey::BearerParse::empty_token: keys.offer_malformed(); break;
+            case apikey::BearerParse::not_bearer: break;
+            }
+            continue;
+        }
+        for_each_header(headers, [&](const ngx_table_elt_t &h) {
+            if (h.value.len != 0 && is_header(h, s.header)) keys.offer(to_view(h.value));
+        });
+    }
+    return keys;
+}
+
+// Syntax, prefix and SHA-256 (or the digest memo), once per key and zone
+// in a request, however many locations and subrequests look at it.
+Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &table,
+                 std::string_view key, bool &remember) noexcept {
+    remember = false;
+    if (key.data() == ctx->key_data && key.size() == ctx->key_len && zone == ctx->identified_in) {
+        return ctx->presented;
+    }
+    bool cached = false;
+    ctx->presented = apikey::identify_key(table, key, ctx->environment, ctx->digest,
+                                          &key_digests, &cached);
+    ctx->key_data = key.data();
+    ctx->key_len = key.size();
+    ctx->identified_in = zone;
+    remember = ctx->presented == Outcome::accepted && !cached;
+    return ctx->presented;
+}
+
+// Holds the zone's current table for the length of one decision.
+class TableHold {
+public:
+    explicit TableHold(KeyZone *zone) noexcept : zone_(zone), ref_(zone->shared.acquire()) {}
+    ~TableHold() { zone_->shared.release(ref_); }
+    TableHold(const TableHold &) = delete;
+    TableHold &operator=(const TableHold &) = delete;
+    const apikey::KeyTable &table() const noexcept { return ref_.table; }
+
+private:
+    KeyZone *zone_;
+    apikey::SharedTables::Ref ref_;
+};
+
+void warn_zone_full(ngx_http_request_t *r, LimitZone *zone) noexcept {
+    if (zone->warned_at != 0 && ngx_current_msec - zone->warned_at < 10000) return;
+    zone->warned_at = ngx_current_msec ? ngx_current_msec : 1;
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "api_key_limit_zone \"%V\" is full: an active counter was evicted, "
+                  "so its key may get more than its limit; make the zone larger",
+                  &zone->name);
+}
+
+SpentBudget *find_spent(RequestCtx *ctx, const LimitZone *zone, std::uint64_t id) noexcept {
+    for (size_t i = 0; i < ctx->spent_count; i++) {
+        if (ctx->spent[i].zone == zone && ctx->spent[i].id == id) return &ctx->spent[i];
+    }
+    return nullptr;
+}
+
+// A refusal takes back everything the request spent: refused requests
+// spend nothing, in whichever location the refusal came.
+void refund_all(RequestCtx *ctx) noexcept {
+    for (size_t i = 0; i < ctx->spent_count; i++) {
+        SpentBudget &s = ctx->spent[i];
+        if (s.committed) s.zone->table.refund(s.result, s.id, self_identity);
+    }
+    ctx->spent_count = 0;
+}
+
+// Every configured limit of the request's category. Limits that land on one
+// budget (same zone and period, e.g. after a key's own rate replaced both)
+// count once, at the strictest rate; a budget this request already spent in
+// an earlier location or subrequest is not spent again.
+Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
+                     const KeyZone *key_zone, const apikey::KeyTable &table,
+                     const apikey::KeyRecord &record, LimitReport &report) noexcept {
+    struct Budget {
+        LimitZone *zone;
+        std::uint64_t id;
+        apikey::Rate rate;
+    } budgets[kMaxLimits];
+    size_t n = 0;
+
+    const std::string_view category =
+        apikey::request_category(to_view(lcf->limit_category), method_of(r));
+    char kind;
+    const std::string_view holder = apikey::budget_holder(
+        table, record, static_cast<apikey::LimitBy>(lcf->limit_by), kind);
+
+    for (const LimitConf &limit : items<LimitConf>(lcf->limits)) {
+        if (to_view(limit.category) != category) continue;
+        auto *zone = static_cast<LimitZone *>(limit.zone->data);
+        const apikey::Rate rate = apikey::effective_rate(table, record, category, limit.rate);
+        const std::uint64_t id = apikey::budget_in_zone(
+            apikey::budget_id(kind, holder, category, rate.period_seconds * 1000),
+            key_zone->budget_salt);
+        size_t i = 0;
+        while (i < n && !(budgets[i].zone == zone && budgets[i].id == id)) i++;
+        if (i < n) {
+            if (rate.count < budgets[i].rate.count) budgets[i].rate = rate;
+        } else {
+            budgets[n++] = {zone, id, rate};
+        }
+    }
+
+    const bool commit = !lcf->dry_run;
+    for (size_t i = 0; i < n; i++) {
+        Budget &b = budgets[i];
+        SpentBudget *spent = find_spent(ctx, b.zone, b.id);
+        if (spent == nullptr || (commit && !spent->committed)) {
+            if (spent == nullptr) {
+                if (ctx->spent_count == kMaxSpent) return Outcome::internal_error;
+                spent = &ctx->spent[ctx->spent_count++];
+            }
+            const apikey::WindowLimit window{b.rate.count, b.rate.period_seconds * 1000};
+            spent->zone = b.zone;
+            spent->id = b.id;
+            spent->result = b.zone->table.consume(
+                b.id, window, static_cast<std::int64_t>(ngx_current_msec), commit, self_identity);
+            spent->committed = commit && spent->result.decision.allowed;
+            if (spent->result.evicted_active) warn_zone_full(r, b.zone);
+        }
+        const apikey::WindowDecision &d = spent->result.decision;
+        if (!report.limited || !d.allowed || d.remaining < report.decision.remaining) {
+            report = {true, d, b.rate, category};
+        }
+        if (!d.allowed) {
+            if (commit) refund_all(ctx);
+            return Outcome::rate_limited;
+        }
+    }
+    return Outcome::accepted;
+}
+
+// Copies what variables and logs need of the key out of the table.
+bool copy_facts(ngx_http_request_t *r, const apikey::KeyTable &table,
+                const apikey::KeyRecord &record, KeyFacts &facts) noexcept {
+    const std::string_view id = table.text(record.id);
+    const std::string_view owner = table.text(record.owner);
+    const std::string_view organization = table.text(record.organization);
+    const std::string_view plan = table.plan_name(record.plan);
+    size_t scopes_len = 0;
+    for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
+        if (record.scopes.test(bit)) scopes_len += table.scope_name(bit).size() + 1;
+    }
+    auto *p = static_cast<u_char *>(ngx_pnalloc(
+        r->pool, id.size() + owner.size() + organization.size() + plan.size() + scopes_len + 1));
+    if (p == nullptr) return false;
+    auto put = [&p](std::string_view s) {
+        ngx_str_t out = {s.size(), p};
+        p = ngx_cpymem(p, s.data(), s.size());
+        return out;
+    };
+    facts.id = put(id);
+    facts.owner = put(owner);
+    facts.organization = put(organization);
+    facts.plan = put(plan);
+    facts.scopes = {0, p};
+    for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
+        if (!record.scopes.test(bit)) continue;
+        if (p != facts.scopes.data) *p++ = ' ';
+        p = ngx_cpymem(p, table.scope_name(bit).data(), table.scope_name(bit).size());
+    }
+    facts.scopes.len = static_cast<size_t>(p - facts.scopes.data);
+    return true;
+}
+
+void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, Outcome outcome,
+                 const ngx_str_t &id) noexcept {
+    ngx_str_t code = literal(apikey::describe(outcome).code);
+    // Never the key itself: the id is public, the key is a secret.
+    if (lcf->dry_run) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "api key dry run: would refuse with \"%V\"%s%V%s", &code,
+                      id.len ? ", key id \"" : "", &id, id.len ? "\"" : "");
+    } else {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0, "api key refused: \"%V\"%s%V%s", &code,
+                      id.len ? ", key id \"" : "", &id, id.len ? "\"" : "");
+    }
+}
+
+// extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
+// scopes -> limits. The zone's table is held for this function only.
+Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
+    Decision d;
+    auto *zone = static_cast<KeyZone *>(lcf->zone->data);
+    TableHold hold(zone);
+    const apikey::KeyTable &table = hold.table();
+    if (!table.valid()) return d;  // internal_error: no table, refuse
+
+    apikey::KeyCollector keys = collect_key(r, lcf, ctx);
+    d.key_sent = keys.state() != apikey::KeyCollector::State::none;
+    bool remember = false;
+    Outcome presented = Outcome::missing_key;
+    switch (keys.state()) {
+    case apikey::KeyCollector::State::none: break;
+    case apikey::KeyCollector::State::malformed: presented = Outcome::invalid_key; break;
+    case apikey::KeyCollector::State::multiple: presented = Outcome::multiple_keys; break;
+    case apikey::KeyCollector::State::one:
+        presented = identify(ctx, zone, table, keys.key(), remember);
+        break;
+    }
+
+    apikey::Verdict verdict;
+    verdict.outcome = presented;
+    if (presented == Outcome::accepted) {
+        verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
+                                            ngx_time());
+    }
+    // Only keys the table knows are remembered: random keys cannot push
+    // real ones out of the memo.
+    if (verdict.record != nullptr && remember) key_digests.remember(keys.key(), ctx->digest);
+    d.outcome = verdict.outcome;
+    d.missing_scope = verdict.missing_scope;
+    if (d.outcome == Outcome::accepted && lcf->limits != nullptr) {
+        d.outcome = apply_limits(r, lcf, ctx, zone, table, *verdict.record, d.limit);
+    }
+
+    if (!ctx->counted) {
+        ctx->counted = true;
+        zone->shared.usage().count(verdict.record ? table.text(verdict.record->id)
+                                                  : std::string_view(),
+                                   d.outcome, ngx_time());
+    }
+
+    // The main request's decision is what variables and headers report; an
+    // auth subrequest's stands in while the main request has none.
+    const bool is_main = r == r->main;
+    if (is_main || !ctx->decided_by_main) {
+        ctx->decided = true;
+        ctx->decided_by_main = is_main;
+        ctx->dry_run = lcf->dry_run;
+        ctx->outcome = d.outcome;
+        ctx->limit = d.limit;
+        ctx->facts = KeyFacts{};
+        if (verdict.record != nullptr && !copy_facts(r, table, *verdict.record, ctx->facts)) {
+            d.outcome = ctx->outcome = Outcome::internal_error;
+        }
+    }
+
+    ngx_str_t id = ngx_null_string;
+    if (verdict.record != nullptr) id = literal(table.text(verdict.record->id));
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "api key: \"%s\" in \"%V\"%s, key id \"%V\"",
+                   apikey::describe(d.outcome).code.data(), &zone->name,
+                   is_main ? "" : " (subrequest)", &id);
+    if (d.outcome != Outcome::accepted) log_refusal(r, lcf, d.outcome, id);
+    return d;
+}
+
+ngx_table_elt_t *add_header(ngx_http_request_t *r, std::string_view name,
+                            const ngx_str_t &value) noexcept {
+    auto *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
+    if (h == nullptr) return nullptr;
+    h->hash = 1;
+#if defined(nginx_version) && nginx_version >= 1023000
+    h->next = nullptr;  // one element of its name (auth_request walks the chain)
+#endif
+    h->key = literal(name);
+    h->value = value;
+    return h;
+}
+
+// Decimal digits into a caller's buffer: the rate-limit headers are on the
+// accept path, where ngx_sprintf and a pool allocation per header add up.
+ngx_str_t decimal(u_char (&buf)[NGX_INT64_LEN], std::uint64_t value) noexcept {
+    u_char *end = buf + NGX_INT64_LEN;
+    u_char *p = end;
+    do {
+        *--p = static_cast<u_char>('0' + value % 10);
+        value /= 10;
+    } while (value != 0 && p > buf);
+    return {static_cast<size_t>(end - p), p};
+}
+
+// The one place every refusal goes through: the SPEC's envelope as JSON,
+// sent here and now. It never hands nginx a status code (which error_page
+// could route to an unprotected location): whatever fails, the answer is
+// the refusal or a closed connection.
+ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx,
+                       const Decision &d) noexcept {
+    const apikey::OutcomeInfo &info = apikey::describe(d.outcome);
+
+    // A body that cannot be read or discarded (malformed chunks, a broken
+    // Expect) is left unread: the refusal goes out and the connection closes.
+    if (ngx_http_discard_request_body(r) != NGX_OK) r->keepalive = 0;
+
+    char limit_detail[apikey::kMaxLimitDetail];
+    std::string_view detail = d.missing_scope;
+    if (d.outcome == Outcome::rate_limited) {
+        detail = {limit_detail,
+                  apikey::describe_limit(limit_detail, d.limit.rate, d.limit.category)};
+    }
+    auto *body = static_cast<u_char *>(ngx_pnalloc(r->pool, apikey::kMaxErrorBody));
+    if (body == nullptr) return NGX_ERROR;
+    size_t len = apikey::write_error_body(
+        reinterpret_cast<char *>(body), d.outcome,
+        std::string_view(ctx->request_id, apikey::kRequestIdLength), detail);
+
+    // After `error_page 404 /protected` nginx would send the 404 it saved
+    // in place of this status: the refusal's own status goes out.
+    r->err_status = 0;
+    r->headers_out.status = info.status;
+    r->headers_out.status_line.len = 0;
+    r->headers_out.content_length_n = static_cast<off_t>(len);
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = nullptr;
+
+    static const ngx_str_t no_store = ngx_string("no-store");
+    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_ERROR;
+    if (d.outcome == Outcome::rate_limited) {
+        auto *digits = static_cast<u_char(*)[NGX_INT64_LEN]>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+        if (digits == nullptr) return NGX_ERROR;
+        if (add_header(r, "Retry-After", decimal(*digits, d.limit.decision.retry_after_s)) ==
+            nullptr) {
+            return NGX_ERROR;
+        }
+    }
+    if (info.status == NGX_HTTP_UNAUTHORIZED) {
+        r->headers_out.www_authenticate = add_header(
+            r, "WWW-Authenticate", d.key_sent ? lcf->challenge_invalid : lcf->challenge);
+        if (r->headers_out.www_authenticate == nullptr) return NGX_ERROR;
+    }
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK) return NGX_ERROR;
+    if (r->header_only) return rc;
+
+    auto *b = static_cast<ngx_buf_t *>(ngx_calloc_buf(r->pool));
+    if (b == nullptr) return NGX_ERROR;
+    b->pos = body;
+    b->last = body + len;
+    b->memory = 1;
+    b->last_buf = r == r->main ? 1 : 0;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    rc = ngx_http_output_filter(r, &out);
+    return rc > NGX_OK ? NGX_ERROR : rc;
+}
+
+// The refusal, or (when even that cannot be built) a closed connection.
+ngx_int_t refuse(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestCtx *ctx,
+                 const Decision &d) noexcept {
+    ngx_http_finalize_request(r, send_refusal(r, lcf, ctx, d));
+    return NGX_DONE;
+}
+
+bool is_carrier(const ApiKeyLocConf *lcf, bool hide_bearer, const ngx_table_elt_t &h) noexcept {
+    static const ngx_str_t authorization = ngx_string("authorization");
+    if (hide_bearer && is_header(h, authorization)) return true;
+    for (const Source &s : items<Source>(lcf->sources)) {
+        if (s.header.len != 0 && is_header(h, s.header)) return true;
+    }
+    return false;
+}
+
+// The proxy module forwards every element of the request's header list, so
+// the carrier has to leave the list itself. The list is rebuilt rather than
+// edited in place: other fields of headers_in point at its elements, and
+// they must stay valid. The client's list is kept for later locations.
+bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
+    bool hide_bearer = false;
+    for (const Source &s : items<Source>(lcf->sources)) hide_bearer |= s.header.len == 0;
+
+    ngx_uint_t total = 0, carriers = 0;
+    for_each_header(r->headers_in.headers, [&](const ngx_table_elt_t &h) {
+        total++;
+        if (is_carrier(lcf, hide_bearer, h)) carriers++;
+    });
+    if (carriers != 0) {
+        if (!ctx->headers_saved) {
+            ctx->client_headers = r->headers_in.headers;
+            ctx->client_authorization = r->headers_in.authorization;
+            ctx->headers_saved = true;
+        }
+        ngx_list_t kept;
+        if (ngx_list_init(&kept, r->pool, total - carriers + 1, sizeof(ngx_table_elt_t)) !=
+            NGX_OK) {
+            return false;
+        }
+        for_each_header(r->headers_in.headers, [&](const ngx_table_elt_t &h) {
+            if (!is_carrier(lcf, hide_bearer, h)) {
+                *static_cast<ngx_table_elt_t *>(ngx_list_push(&kept)) = h;
+            }
+        });
+        r->headers_in.headers = kept;
+        // The copy's `last` still points at the local list's first part; a
+        // module that adds a header later (e.g. ngx.req.set_header) must find
+        // the request's own list there.
+        r->headers_in.headers.last = &r->headers_in.headers.part;
+    }
+    if (hide_bearer) r->headers_in.authorization = nullptr;
+
+    // $http_x_api_key or $http_authorization evaluated before this phase (a
+    // map, limit_req_zone, a log format) keep the key in their cached values.
+    auto *amcf = static_cast<ApiKeyMainConf *>(
+        ngx_http_get_module_main_conf(r, ngx_http_api_key_module));
+    for (ngx_uint_t index : items<ngx_uint_t>(&amcf->carrier_variables)) {
+        r->variables[index].valid = 0;
+        r->variables[index].not_found = 0;
+    }
+    return true;
+}
+
+// After the decision: hide the carriers, or refuse. NGX_OK when accepted
+// (a dry run's refusal goes on as NGX_DECLINED).
+ngx_int_t conclude(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
+                   Decision &d) noexcept {
+    if (d.outcome != Outcome::accepted && !lcf->dry_run) return refuse(r, lcf, ctx, d);
+    if (lcf->hide_credentials && !hide_credentials(r, lcf, ctx)) {
+        d.outcome = Outcome::internal_error;
+        d.limit = LimitReport{};
+        return refuse(r, lcf, ctx, d);
+    }
+    return d.outcome == Outcome::accepted ? NGX_OK : NGX_DECLINED;
+}
+
+}  // namespace
+
+// Main requests, in the access phase (so `satisfy` sees the outcome).
+ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
+    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    if (lcf->zone == nullptr) return NGX_DECLINED;
+    RequestCtx *ctx = main_ctx(r);
+    if (ctx == nullptr) return NGX_ERROR;  // no memory even for the refusal: close
+    Decision d = decide(r, lcf, ctx);
+    return conclude(r, lcf, ctx, d);
+}
+
+// Subrequests (auth_request, SSI, mirror, ...) skip the access phase; they
+// are decided here, in pre-access, which they do run.
+ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept {
+    if (r == r->main) return NGX_DECLINED;
+    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    if (lcf->zone == nullptr) return NGX_DECLINED;
+    RequestCtx *ctx = main_ctx(r);
+    if (ctx == nullptr) return NGX_ERROR;
+    Decision d = decide(r, lcf, ctx);
+    const ngx_int_t rc = conclude(r, lcf, ctx, d);
+    return rc == NGX_OK ? NGX_DECLINED : rc;  // other pre-access handlers still run
+}
+
+ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
+    RequestCtx *ctx = r == r->main ? find_ctx(r) : nullptr;
+    if (ctx != nullptr) {
+        ngx_str_t id = {apikey::kRequestIdLength, reinterpret_cast<u_char *>(ctx->request_id)};
+        if (add_header(r, "X-Request-Id", id) == nullptr) return NGX_ERROR;
+        if (ctx->decided && ctx->limit.limited && !ctx->dry_run) {
+            const apikey::WindowDecision &limit = ctx->limit.decision;
+            const std::pair<std::string_view, std::uint64_t> headers[] = {
+                {"X-RateLimit-Limit", limit.limit},
+                {"X-RateLimit-Remaining", limit.allowed ? limit.remaining : 0},
+                {"X-RateLimit-Reset", limit.reset_s},
+            };
+            for (size_t i = 0; i < 3; i++) {
+                if (add_header(r, headers[i].first,
+                               decimal(ctx->rate_limit_digits[i], headers[i].second)) ==
+                    nullptr) {
+                    return NGX_ERROR;
+                }
+            }
+        }
+    }
+    return next_header_filter(r);
+}
+
+// --- variables ----------------------------------------------------------------
+
+namespace {
+
+enum class Var : uintptr_t {
+    id, owner, organization_id, plan, environment, scopes, error, request_id, limit_remaining,
+};
+
+void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
+    if (s.empty()) {
+        v->not_found = 1;
+        return;
+    }
+    v->data = reinterpret_cast<u_char *>(const_cast<char *>(s.data()));
+    v->len = static_cast<unsigned>(s.size());
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+}
+
+ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept {
+    const RequestCtx *ctx = find_ctx(r);
+    v->not_found = 1;
+    if (ctx == nullptr) return NGX_OK;
+    if (static_cast<Var>(data) == Var::request_id) {
+        set_value(v, std::string_view(ctx->request_id, apikey::kRequestIdLength));
+        return NGX_OK;
+    }
+    if (!ctx->decided) return NGX_OK;
+    const KeyFacts &facts = ctx->facts;
+    switch (static_cast<Var>(data)) {
+    case Var::request_id: break;
+    case Var::error: set_value(v, apikey::describe(ctx->outcome).code); break;
+    case Var::environment:
+        if (ctx->presented == Outcome::accepted) {
+            set_value(v, apikey::environment_name(ctx->environment));
+        }
+        break;
+    case Var::id: set_value(v, to_view(facts.id)); break;
+    case Var::owner: set_value(v, to_view(facts.owner)); break;
+    case Var::organization_id: set_value(v, to_view(facts.organization)); break;
+    case Var::plan: set_value(v, to_view(facts.plan)); break;
+    case Var::scopes: set_value(v, to_view(facts.scopes)); break;
+    case Var::limit_remaining:
+        if (ctx->limit.limited) {
+            auto *buf = static_cast<u_char(*)[NGX_INT64_LEN]>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
+            if (buf == nullptr) return NGX_ERROR;
+            const apikey::WindowDecision &limit = ctx->limit.decision;
+            set_value(v, to_view(decimal(*buf, limit.allowed ? limit.remaining : 0)));
+        }
+        break;
+    }
+    return NGX_OK;
+}
+
+}  // namespace
+
+ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
+    static const std::pair<std::string_view, Var> vars[] = {
+        {"api_key_id", Var::id},
+        {"api_key_owner", Var::owner},
+        {"api_key_organization_id", Var::organization_id},
+        {"api_key_plan", Var::plan},
+        {"api_key_environment", Var::environment},
+        {"api_key_scopes", Var::scopes},
+        {"api_key_error", Var::error},
+        {"api_key_request_id", Var::request_id},
+        {"api_key_limit_remaining", Var::limit_remaining},
+    };
+    for (const auto &[name, which] : vars) {
+        ngx_str_t n = literal(name);
+        ngx_http_variable_t *var = ngx_http_add_variable(cf, &n, NGX_HTTP_VAR_NOCACHEABLE);
+        if (var == nullptr) return NGX_ERROR;
+        var->get_handler = variable;
+        var->data = static_cast<uintptr_t>(which);
+    }
+    return NGX_OK;
+}
+
+// --- api_key_status -------------------------------------------------------------
+
+// Usage across all workers, read from the zones themselves.
+ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
+    if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    const bool prometheus =
+        lcf->status_format == static_cast<ngx_uint_t>(StatusFormat::prometheus);
+
+    std::string text;
+    try {
+        std::vector<apikey::ZoneReport> zones;
+        for_each_key_zone(const_cast<ngx_cycle_t *>(ngx_cycle), [&](KeyZone &zone) {
+            const apikey::SharedTablesState *state = zone.shared.state();
+            if (state == nullptr) return;
+            apikey::ZoneReport report;
+            report.zone = to_view(zone.name);
+            // The file in force, which may be another configuration's
+            // while this worker drains requests after a reload.
+            report.file = std::string_view(state->loaded_path,
+                                           strnlen(state->loaded_path, apikey::kMaxLoadedPath));
+            report.keys = state->keys;
+            report.generation = state->generation;
+            report.loaded_at = state->loaded_at;
+            report.last_error =
+                std::string_view(state->last_error, strnlen(state->last_error, apikey::kMaxLoadError));
+            report.bytes_total = static_cast<uint64_t>(zone.memory.pool->end - zone.memory.base());
+            report.bytes_free = static_cast<uint64_t>(zone.memory.pool->pfree) * ngx_pagesize;
+            report.usage = &zone.shared.usage();
+            zones.push_back(report);
+        });
+        text = prometheus ? apikey::status_prometheus(zones) : apikey::status_json(zones);
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "api_key_status: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = static_cast<off_t>(text.size());
+    if (prometheus) {
+        ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    } else {
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+    }
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    static const ngx_str_t no_store = ngx_string("no-store");
+    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, text.size() ? text.size() : 1);
+    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    b->last = ngx_cpymem(b->pos, text.data(), text.size());
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
+
+}  // namespace ngx_api_key
