@@ -66,21 +66,39 @@ const std::vector<std::pair<std::string, Environment>> kPrefixes = {
 
 const std::vector<TestKey> &test_keys() {
     static const std::vector<TestKey> keys = {
-        {"jfi_sk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "reader",
-         {"diagrams:read", "folders:read"}, "pro"},
-        {"jfi_sk_live_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", "writer",
-         {"diagrams:read", "diagrams:write", "folders:read"}, "team"},
+        {"jfi_sk_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+         "reader",
+         {"diagrams:read", "folders:read"},
+         "pro"},
+        {"jfi_sk_live_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+         "writer",
+         {"diagrams:read", "diagrams:write", "folders:read"},
+         "team"},
         {"jfi_sk_test_CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC", "tester", {"diagrams:read"}, "pro"},
         {"wfk_DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD", "workflow", {"workflows:execute"}, ""},
-        {"jfi_sk_live_RRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRR", "revoked", {"diagrams:read"}, "pro",
-         kNever, kNow - 100},
-        {"jfi_sk_live_EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE", "expired", {"diagrams:read"}, "pro",
-         kNow, kNever},
-        {"jfi_sk_live_FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF", "revoke_later", {"diagrams:read"}, "free",
-         kNow + 3600, kNow + 60},
+        {"jfi_sk_live_RRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRR",
+         "revoked",
+         {"diagrams:read"},
+         "pro",
+         kNever,
+         kNow - 100},
+        {"jfi_sk_live_EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE",
+         "expired",
+         {"diagrams:read"},
+         "pro",
+         kNow,
+         kNever},
+        {"jfi_sk_live_FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+         "revoke_later",
+         {"diagrams:read"},
+         "free",
+         kNow + 3600,
+         kNow + 60},
         {"jfi_other_GGGGGGGGGGGGGGGGGGGGGGGGGGGGGG", "short_prefix", {"folders:read"}, "free"},
         {"jfi_sk_live_a.b~c+d/e-f_g==", "padded", {"diagrams:write"}, "team"},
-        {"jfi_sk_live_" + std::string(244, 'z'), "longest", {"diagrams:read", "folders:read"},
+        {"jfi_sk_live_" + std::string(244, 'z'),
+         "longest",
+         {"diagrams:read", "folders:read"},
          "team"},
     };
     return keys;
@@ -128,11 +146,11 @@ struct PolicyDef {
 const std::vector<PolicyDef> &policy_defs() {
     static const std::vector<PolicyDef> defs = {
         {{}, {}, RequiredEnvironment::any},
-        {{{kGet | kHead, {"diagrams:read"}},
-          {kPost | kPut | kPatch | kDelete, {"diagrams:write"}}},
+        {{{kGet | kHead, {"diagrams:read"}}, {kPost | kPut | kPatch | kDelete, {"diagrams:write"}}},
          {},
          RequiredEnvironment::live},
-        {{{kAnyMethod, {"folders:read", "no:such:scope"}}}, {"pro", "team"},
+        {{{kAnyMethod, {"folders:read", "no:such:scope"}}},
+         {"pro", "team"},
          RequiredEnvironment::any},
         {{}, {"enterprise"}, RequiredEnvironment::test},
         {{{kOptions | kOtherMethod, {"workflows:execute"}},
@@ -267,7 +285,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     if (size < 3) return 0;
     State &st = state();
     const unsigned method = 1u << (data[0] & 7);
-    static const std::int64_t clocks[] = {kNow - 101, kNow - 100, kNow - 1, kNow,
+    static const std::int64_t clocks[] = {kNow - 101, kNow - 100, kNow - 1,  kNow,
                                           kNow + 1,   kNow + 59,  kNow + 60, kNow + 7200};
     const std::int64_t now = clocks[data[1] & 7];
     const std::size_t which_table = data[1] >> 3 & 1;
@@ -327,24 +345,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     Environment ref_env;
     const RefVerdict want = ref_check(def, key, method, now, ref_env);
 
-    Environment env_plain = Environment::none, env_cached = Environment::none;
-    Digest digest_plain{}, digest_cached{};
-    bool cached = false;
-    const Outcome id_plain = identify_key(table, key, env_plain, digest_plain);
-    const Outcome id_cached =
-        identify_key(table, key, env_cached, digest_cached, &st.cache, &cached);
-    require(id_plain == id_cached, "identify_key with and without the digest memo", key);
-    if (id_plain == Outcome::accepted) {
-        require(env_plain == env_cached && digest_plain == digest_cached,
+    const Identity plain = identify_key(table, key);
+    const Identity memo = identify_key(table, key, &st.cache);
+    require(plain.outcome == memo.outcome, "identify_key with and without the digest memo", key);
+    if (plain.outcome == Outcome::accepted) {
+        require(plain.environment == memo.environment && plain.digest == memo.digest,
                 "the digest memo changes the digest or environment", key);
-        require(digest_plain == sha256(key), "identify_key digest", key);
-        if (!cached && table.find(digest_plain) != nullptr) st.cache.remember(key, digest_plain);
+        require(plain.digest == sha256(key), "identify_key digest", key);
+        if (!memo.from_memo && table.find(plain.digest) != nullptr) {
+            st.cache.remember(key, plain.digest);
+        }
     }
 
     const Verdict v = policy.check(table, key, method, now);
     const Outcome got = v.outcome;
     if (got != want.outcome) {
-        std::fprintf(stderr, "outcome %d, expected %d (table %zu, policy %zu, method %#x, now %lld)\n",
+        std::fprintf(stderr,
+                     "outcome %d, expected %d (table %zu, policy %zu, method %#x, now %lld)\n",
                      static_cast<int>(got), static_cast<int>(want.outcome), which_table,
                      which_policy, method, static_cast<long long>(now));
         std::fprintf(stderr, "missing scope [%.*s]\n", static_cast<int>(v.missing_scope.size()),
@@ -366,8 +383,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     }
 
     // check_digest after identify_key (the internal-redirect path) agrees.
-    if (id_plain == Outcome::accepted) {
-        const Verdict again = policy.check_digest(table, digest_plain, env_plain, method, now);
+    if (plain.outcome == Outcome::accepted) {
+        const Verdict again = policy.check_digest(table, plain.digest, plain.environment, method,
+                                                  now);
         require(again.outcome == got && again.record == v.record &&
                     again.missing_scope == v.missing_scope,
                 "check_digest differs from check", key);

@@ -66,16 +66,16 @@ public:
         require(is_identifier(spec.owner), "owner outside the schema:", spec.owner);
         require(spec.organization.empty() || is_identifier(spec.organization),
                 "organization outside the schema:", spec.organization);
-        require(spec.plan.empty() || is_identifier(spec.plan), "plan outside the schema:",
-                spec.plan);
+        require(spec.plan.empty() || is_identifier(spec.plan),
+                "plan outside the schema:", spec.plan);
         for (const std::string &s : spec.scopes) {
             require(is_identifier(s), "scope outside the schema:", s);
         }
         std::set<std::string> categories;
         for (const auto &[category, rate] : spec.limits) {
             require(is_identifier(category), "limit category outside the schema:", category);
-            require(categories.insert(category).second, "duplicate limit category passed:",
-                    category);
+            require(categories.insert(category).second,
+                    "duplicate limit category passed:", category);
             require(rate.count >= 1 && rate.count <= 1000000000, "rate count out of range");
             require(rate.period_seconds == 1 || rate.period_seconds == 60 ||
                         rate.period_seconds == 3600,
@@ -102,8 +102,7 @@ void check_table(const Sink &sink, const KeyTable &table) {
         require(r->hash == spec.hash, "found the wrong record");
         require(table.text(r->id) == spec.id, "id differs:", spec.id);
         require(table.text(r->owner) == spec.owner, "owner differs:", spec.id);
-        require(table.text(r->organization) == spec.organization, "organization differs:",
-                spec.id);
+        require(table.text(r->organization) == spec.organization, "organization differs:", spec.id);
         require(table.plan_name(r->plan) == spec.plan, "plan differs:", spec.id);
         require(r->created_at == spec.created_at && r->expires_at == spec.expires_at &&
                     r->revoked_at == spec.revoked_at,

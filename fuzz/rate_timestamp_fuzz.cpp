@@ -1,7 +1,7 @@
 // libFuzzer target: parse_rate and parse_timestamp against independent
 // references, and the round trip through format_timestamp.
 //
-//   * parse_rate accepts exactly /^[0-9]+r\/[smh]$/ with a count of 1 to
+//   * parse_rate accepts exactly /^[0-9]+r\/[smhd]$/ with a count of 1 to
 //     1,000,000,000 (leading zeros allowed) and nothing else.
 //   * parse_timestamp accepts exactly "YYYY-MM-DD" (midnight UTC) and
 //     "YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)" (T and Z in either case),
@@ -46,6 +46,7 @@ std::optional<Rate> ref_rate(std::string_view s) {
     case 's': period = 1; break;
     case 'm': period = 60; break;
     case 'h': period = 3600; break;
+    case 'd': period = 86400; break;
     default: return std::nullopt;
     }
     std::string_view digits = s.substr(0, i);
@@ -139,8 +140,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
     const std::optional<Rate> rate = parse_rate(s);
     const std::optional<Rate> want_rate = ref_rate(s);
     if (rate.has_value() != want_rate.has_value() ||
-        (rate && (rate->count != want_rate->count ||
-                  rate->period_seconds != want_rate->period_seconds))) {
+        (rate &&
+         (rate->count != want_rate->count || rate->period_seconds != want_rate->period_seconds))) {
         fail("parse_rate differs from the reference", s,
              rate ? std::to_string(rate->count) + "/" + std::to_string(rate->period_seconds)
                   : "(refused)");
@@ -172,7 +173,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
         std::memcpy(&any, data, 8);
         check_format(any);
         // and near the edges of the formattable range
-        check_format(static_cast<std::int64_t>(static_cast<std::uint64_t>(any) % (kLastFormattable + 1)));
+        check_format(
+            static_cast<std::int64_t>(static_cast<std::uint64_t>(any) % (kLastFormattable + 1)));
     }
     return 0;
 }

@@ -44,9 +44,7 @@ public:
 
     void OnDocumentStart(const YAML::Mark &m) override { add("doc", m); }
     void OnDocumentEnd() override { events.push_back("enddoc"); }
-    void OnNull(const YAML::Mark &m, YAML::anchor_t a) override {
-        add("null", m, "", a);
-    }
+    void OnNull(const YAML::Mark &m, YAML::anchor_t a) override { add("null", m, "", a); }
     void OnAlias(const YAML::Mark &m, YAML::anchor_t a) override { add("alias", m, "", a); }
     void OnScalar(const YAML::Mark &m, const std::string &tag, YAML::anchor_t a,
                   const std::string &value) override {
@@ -89,8 +87,8 @@ private:
 
 [[noreturn]] void mismatch(std::string_view text, const std::vector<std::string> &subset,
                            const std::vector<std::string> &yaml_cpp, const char *why) {
-    std::fprintf(stderr, "yaml_subset_fuzz: %s\n--- input (%zu bytes):\n%.*s\n", why,
-                 text.size(), static_cast<int>(text.size()), text.data());
+    std::fprintf(stderr, "yaml_subset_fuzz: %s\n--- input (%zu bytes):\n%.*s\n", why, text.size(),
+                 static_cast<int>(text.size()), text.data());
     std::size_t first = 0;
     while (first < subset.size() && first < yaml_cpp.size() && subset[first] == yaml_cpp[first]) {
         first++;
@@ -133,7 +131,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
         if (second.empty() && !more.events.empty()) second = more.events;
     } catch (const YAML::Exception &e) {
         full.events.push_back(std::string("yaml-cpp refused: ") + e.what());
-        mismatch(text, subset.events, full.events, "the subset reader accepted what yaml-cpp refuses");
+        mismatch(text, subset.events, full.events,
+                 "the subset reader accepted what yaml-cpp refuses");
     }
     if (subset.events != full.events) {
         mismatch(text, subset.events, full.events, "events differ");

@@ -120,8 +120,7 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     }
 
     if (file.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"file\" parameter",
-                           &value[0]);
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"%V\" must have \"file\" parameter", &value[0]);
         return conf_error();
     }
 
@@ -332,7 +331,7 @@ char *api_key_limit(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
 
     if (lcf->limits == NGX_CONF_UNSET_PTR) {
-        lcf->limits = ngx_array_create(cf->pool, 4, sizeof(LimitConf));
+        lcf->limits = ngx_array_create(cf->pool, 4, sizeof(apikey::ConfiguredLimit));
         if (lcf->limits == nullptr) return conf_error();
     }
     if (lcf->limits->nelts == kMaxLimits) {
@@ -349,12 +348,11 @@ char *api_key_limit(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid rate \"%V\"", &value[3]);
         return conf_error();
     }
-    auto *limit = static_cast<LimitConf *>(ngx_array_push(lcf->limits));
+    ngx_shm_zone_t *zone = ngx_shared_memory_add(cf, &value[1], 0, &limit_zone_tag);
+    if (zone == nullptr) return conf_error();
+    auto *limit = static_cast<apikey::ConfiguredLimit *>(ngx_array_push(lcf->limits));
     if (limit == nullptr) return conf_error();
-    limit->zone = ngx_shared_memory_add(cf, &value[1], 0, &limit_zone_tag);
-    if (limit->zone == nullptr) return conf_error();
-    limit->category = value[2];
-    limit->rate = *rate;
+    *limit = {zone, to_view(value[2]), *rate};
     return conf_ok();
 }
 
@@ -405,6 +403,14 @@ ngx_conf_enum_t limit_by_values[] = {
     {ngx_null_string, 0},
 };
 
+ngx_conf_enum_t limit_headers_values[] = {
+    {ngx_string("x"), kLimitHeadersX},
+    {ngx_string("ietf"), kLimitHeadersIetf},
+    {ngx_string("both"), kLimitHeadersBoth},
+    {ngx_string("off"), kLimitHeadersOff},
+    {ngx_null_string, 0},
+};
+
 ngx_conf_enum_t environment_values[] = {
     {ngx_string("any"), static_cast<ngx_uint_t>(apikey::RequiredEnvironment::any)},
     {ngx_string("live"), static_cast<ngx_uint_t>(apikey::RequiredEnvironment::live)},
@@ -415,8 +421,7 @@ ngx_conf_enum_t environment_values[] = {
 constexpr ngx_uint_t kAnyLevel = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
 
 ngx_command_t commands[] = {
-    {ngx_string("api_key_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_zone, 0, 0,
-     nullptr},
+    {ngx_string("api_key_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_zone, 0, 0, nullptr},
     {ngx_string("api_key"), kAnyLevel | NGX_CONF_TAKE1, api_key, NGX_HTTP_LOC_CONF_OFFSET, 0,
      nullptr},
     {ngx_string("api_key_source"), kAnyLevel | NGX_CONF_1MORE, api_key_source,
@@ -431,14 +436,16 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, dry_run), nullptr},
     {ngx_string("api_key_realm"), kAnyLevel | NGX_CONF_TAKE1, api_key_realm,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, realm), nullptr},
-    {ngx_string("api_key_limit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, api_key_limit_zone,
-     0, 0, nullptr},
+    {ngx_string("api_key_limit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, api_key_limit_zone, 0,
+     0, nullptr},
     {ngx_string("api_key_limit"), kAnyLevel | NGX_CONF_TAKE3, api_key_limit,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("api_key_limit_category"), kAnyLevel | NGX_CONF_TAKE1, api_key_limit_category,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("api_key_limit_by"), kAnyLevel | NGX_CONF_TAKE1, ngx_conf_set_enum_slot,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_by), limit_by_values},
+    {ngx_string("api_key_limit_headers"), kAnyLevel | NGX_CONF_TAKE1, ngx_conf_set_enum_slot,
+     NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_headers), limit_headers_values},
     {ngx_string("api_key_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
      api_key_status, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, status_format),
      status_formats},
@@ -471,6 +478,7 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept {
     conf->hide_credentials = NGX_CONF_UNSET;
     conf->limits = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
     conf->limit_by = NGX_CONF_UNSET_UINT;
+    conf->limit_headers = NGX_CONF_UNSET_UINT;
     conf->status_format = NGX_CONF_UNSET_UINT;
     return conf;
 }
@@ -506,6 +514,7 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
     ngx_conf_merge_str_value(conf->limit_category, prev->limit_category, "");
     ngx_conf_merge_uint_value(conf->limit_by, prev->limit_by,
                               static_cast<ngx_uint_t>(apikey::LimitBy::key));
+    ngx_conf_merge_uint_value(conf->limit_headers, prev->limit_headers, kLimitHeadersX);
 
     if (conf->sources == nullptr) {
         conf->sources = ngx_array_create(cf->pool, 1, sizeof(Source));
@@ -523,7 +532,8 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
         for (const ScopeRuleConf &r : items<ScopeRuleConf>(conf->scope_rules)) {
             apikey::ScopeRule rule;
             rule.methods = r.methods;
-            for (const ngx_str_t &s : items<ngx_str_t>(r.scopes)) rule.scopes.push_back(to_string(s));
+            for (const ngx_str_t &s : items<ngx_str_t>(r.scopes))
+                rule.scopes.push_back(to_string(s));
             rules.push_back(std::move(rule));
         }
         std::vector<std::string> plans;
@@ -658,8 +668,7 @@ ngx_int_t init_limit_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     // its counters stay, and every worker, old or new, keeps using them.
     // The memory is checked again, not trusted to the old process's object.
     if (data != nullptr && shpool->data != nullptr) {
-        const size_t bytes =
-            static_cast<size_t>(shpool->end - static_cast<u_char *>(shpool->data));
+        const size_t bytes = static_cast<size_t>(shpool->end - static_cast<u_char *>(shpool->data));
         zone->table = apikey::CounterTable::adopt(shpool->data, bytes);
         if (zone->table.valid()) return NGX_OK;
         ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
@@ -707,7 +716,8 @@ void KeyLoader::run(KeyZone &zone, apikey::FileIdentity file) noexcept {
     try {
         apikey::TableImage image = apikey::load_key_file(zone.path);
         std::string error;
-        switch (zone.shared.install(image, file, zone.path, zone.config, std::time(nullptr), error)) {
+        switch (
+            zone.shared.install(image, file, zone.path, zone.config, std::time(nullptr), error)) {
         case apikey::InstallResult::installed: result = Result::installed; break;
         case apikey::InstallResult::superseded: result = Result::superseded; break;
         case apikey::InstallResult::no_room:
@@ -722,8 +732,7 @@ void KeyLoader::run(KeyZone &zone, apikey::FileIdentity file) noexcept {
     if (result == Result::failed || result == Result::no_room) {
         // Before the claim goes, so that no other worker loads this version again at once.
         first_report = !zone.shared.failed_for(file);
-        zone.shared.record_failure(file, std::time(nullptr), message,
-                                   result == Result::no_room);
+        zone.shared.record_failure(file, std::time(nullptr), message, result == Result::no_room);
     }
     zone.shared.end_loading();
     done_.store(true, std::memory_order_release);
@@ -772,11 +781,11 @@ void report_load(KeyZone &zone, ngx_log_t *log) noexcept {
     case KeyLoader::Result::failed:
     case KeyLoader::Result::no_room:
         if (loader.first_report) {
-            ngx_log_error(NGX_LOG_ERR, log, 0,
-                          "api_key_zone \"%V\": %s; the key table loaded before stays in force%s",
-                          &zone.name, loader.message.c_str(),
-                          loader.result == KeyLoader::Result::no_room
-                              ? " (retried every few seconds)" : "");
+            ngx_log_error(
+                NGX_LOG_ERR, log, 0,
+                "api_key_zone \"%V\": %s; the key table loaded before stays in force%s", &zone.name,
+                loader.message.c_str(),
+                loader.result == KeyLoader::Result::no_room ? " (retried every few seconds)" : "");
         }
         break;
     }
@@ -867,8 +876,8 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
     for_each_key_zone(cycle, [&](KeyZone &zone) {
         if (!zone.shared.join(self_identity)) {
             ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
-                          "api_key_zone \"%V\": more than %uz processes read the zone",
-                          &zone.name, apikey::kMaxReaders);
+                          "api_key_zone \"%V\": more than %uz processes read the zone", &zone.name,
+                          apikey::kMaxReaders);
             joined = false;
         }
         if (zone.check) {

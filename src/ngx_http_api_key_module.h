@@ -22,6 +22,7 @@ extern "C" {
 #include "core/config_rules.h"
 #include "core/counter_table.h"
 #include "core/key_digest_cache.h"
+#include "core/limit_plan.h"
 #include "core/limit_policy.h"
 #include "core/request_id.h"
 #include "core/shared_tables.h"
@@ -76,15 +77,15 @@ private:
 struct KeyZone {
     ngx_str_t name;
     std::string path;
-    ngx_msec_t check = 0;          // check= interval, 0 when off
-    size_t usage_capacity = 0;     // keys api_key_status can track
+    ngx_msec_t check = 0;           // check= interval, 0 when off
+    size_t usage_capacity = 0;      // keys api_key_status can track
     std::uint64_t budget_salt = 0;  // budgets are per key zone
-    apikey::TableImage image;      // released once staged
-    apikey::FileIdentity file;     // the version of the file in `image`
-    bool staged = false;           // this configuration staged a table not yet published
-    std::uint64_t config = 0;      // the zone's configuration generation this cycle published
+    apikey::TableImage image;       // released once staged
+    apikey::FileIdentity file;      // the version of the file in `image`
+    bool staged = false;            // this configuration staged a table not yet published
+    std::uint64_t config = 0;       // the zone's configuration generation this cycle published
     SlabMemory memory;
-    apikey::SharedTables shared;   // this process's view of the zone
+    apikey::SharedTables shared;  // this process's view of the zone
     ngx_event_t check_event;
     KeyLoader loader;
 };
@@ -97,16 +98,10 @@ struct LimitZone {
 };
 
 // api_key_limit lines per configuration level.
-constexpr size_t kMaxLimits = 8;
+constexpr size_t kMaxLimits = apikey::LimitPlan::kMaxBudgets;
 
 struct Source {
     ngx_str_t header;  // lower case; empty for "bearer"
-};
-
-struct LimitConf {
-    ngx_shm_zone_t *zone;
-    ngx_str_t category;
-    apikey::Rate rate;
 };
 
 struct ScopeRuleConf {
@@ -116,6 +111,14 @@ struct ScopeRuleConf {
 
 enum class StatusFormat : ngx_uint_t { json, prometheus };
 
+// api_key_limit_headers: which rate-limit fields responses carry.
+enum LimitHeaders : ngx_uint_t {
+    kLimitHeadersOff = 0,
+    kLimitHeadersX = 1,     // X-RateLimit-Limit, -Remaining, -Reset
+    kLimitHeadersIetf = 2,  // RateLimit-Policy, RateLimit
+    kLimitHeadersBoth = kLimitHeadersX | kLimitHeadersIetf,
+};
+
 struct ApiKeyMainConf {
     // Indexes of the $http_* variables that name a key's header, cleared
     // when the header is hidden (their cached values hold the key).
@@ -124,17 +127,18 @@ struct ApiKeyMainConf {
 };
 
 struct ApiKeyLocConf {
-    ngx_shm_zone_t *zone;     // NULL: api_key off
-    ngx_array_t *sources;     // of Source
-    ngx_array_t *scope_rules; // of ScopeRuleConf
-    ngx_array_t *plans;       // of ngx_str_t
+    ngx_shm_zone_t *zone;      // NULL: api_key off
+    ngx_array_t *sources;      // of Source
+    ngx_array_t *scope_rules;  // of ScopeRuleConf
+    ngx_array_t *plans;        // of ngx_str_t
     ngx_uint_t environment;
     ngx_flag_t dry_run;
     ngx_flag_t hide_credentials;
-    ngx_uint_t status_format; // StatusFormat
-    ngx_array_t *limits;      // of LimitConf
-    ngx_str_t limit_category; // empty: auto
+    ngx_uint_t status_format;  // StatusFormat
+    ngx_array_t *limits;       // of apikey::ConfiguredLimit, zone: its ngx_shm_zone_t
+    ngx_str_t limit_category;  // empty: auto
     ngx_uint_t limit_by;
+    ngx_uint_t limit_headers;  // LimitHeaders
     ngx_str_t realm;
     ngx_str_t challenge;           // WWW-Authenticate when no key was sent
     ngx_str_t challenge_invalid;   // ... and when one was

@@ -13,6 +13,7 @@
 
 #include "core/credential.h"
 #include "core/outcome.h"
+#include "core/ratelimit_fields.h"
 #include "core/status_report.h"
 
 namespace ngx_api_key {
@@ -34,12 +35,19 @@ struct KeyFacts {
     ngx_str_t id, owner, organization, plan, scopes;
 };
 
-// The limit a response reports: the one closest to refusing.
+// The limits a response reports: the one closest to refusing (X-RateLimit-*,
+// Retry-After, the 429 message) and, for the IETF fields, every limit of the
+// deciding location (RateLimit-Policy lists them all; RateLimit those that
+// were decided).
 struct LimitReport {
     bool limited = false;
     apikey::WindowDecision decision{};
     apikey::Rate rate{};
     std::string_view category;  // points into the location's configuration
+    ngx_uint_t headers = kLimitHeadersX;
+    size_t entries = 0;  // filled only when the IETF fields are sent
+    size_t decided = 0;  // entries[0, decided) have RateLimit values
+    apikey::RateLimitEntry entry[kMaxLimits];
 };
 
 // A budget this request has spent (or, in dry run, only looked at). Each
@@ -59,7 +67,7 @@ struct Decision {
     Outcome outcome = Outcome::internal_error;
     bool key_sent = false;
     std::string_view missing_scope;  // in the location's policy
-    LimitReport limit;
+    const LimitReport *limit;        // the request's report, or the subrequest's own
 };
 
 // Per main request, shared by its subrequests. It lives in a pool cleanup
@@ -176,8 +184,8 @@ void for_each_header(const ngx_list_t &list, F &&f) noexcept {
 apikey::KeyCollector collect_key(ngx_http_request_t *r, const ApiKeyLocConf *lcf,
                                  const RequestCtx *ctx) noexcept {
     const ngx_list_t &headers = ctx->headers_saved ? ctx->client_headers : r->headers_in.headers;
-    const ngx_table_elt_t *authorization =
-        ctx->headers_saved ? ctx->client_authorization : r->headers_in.authorization;
+    const ngx_table_elt_t *authorization = ctx->headers_saved ? ctx->client_authorization
+                                                              : r->headers_in.authorization;
     apikey::KeyCollector keys;
     for (const Source &s : items<Source>(lcf->sources)) {
         if (s.header.len == 0) {
@@ -205,13 +213,14 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
     if (key.data() == ctx->key_data && key.size() == ctx->key_len && zone == ctx->identified_in) {
         return ctx->presented;
     }
-    bool cached = false;
-    ctx->presented = apikey::identify_key(table, key, ctx->environment, ctx->digest,
-                                          &key_digests, &cached);
+    const apikey::Identity id = apikey::identify_key(table, key, &key_digests);
+    ctx->presented = id.outcome;
+    ctx->environment = id.environment;
+    ctx->digest = id.digest;
     ctx->key_data = key.data();
     ctx->key_len = key.size();
     ctx->identified_in = zone;
-    remember = ctx->presented == Outcome::accepted && !cached;
+    remember = id.outcome == Outcome::accepted && !id.from_memo;
     return ctx->presented;
 }
 
@@ -255,65 +264,58 @@ void refund_all(RequestCtx *ctx) noexcept {
     ctx->spent_count = 0;
 }
 
-// Every configured limit of the request's category. Limits that land on one
-// budget (same zone and period, e.g. after a key's own rate replaced both)
-// count once, at the strictest rate; a budget this request already spent in
-// an earlier location or subrequest is not spent again.
+// The location's budgets for this request (core/limit_plan.h); a budget
+// this request already spent in an earlier location or subrequest is not
+// spent again.
 Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
                      const KeyZone *key_zone, const apikey::KeyTable &table,
                      const apikey::KeyRecord &record, LimitReport &report) noexcept {
-    struct Budget {
-        LimitZone *zone;
-        std::uint64_t id;
-        apikey::Rate rate;
-    } budgets[kMaxLimits];
-    size_t n = 0;
-
-    const std::string_view category =
-        apikey::request_category(to_view(lcf->limit_category), method_of(r));
-    char kind;
-    const std::string_view holder = apikey::budget_holder(
-        table, record, static_cast<apikey::LimitBy>(lcf->limit_by), kind);
-
-    for (const LimitConf &limit : items<LimitConf>(lcf->limits)) {
-        if (to_view(limit.category) != category) continue;
-        auto *zone = static_cast<LimitZone *>(limit.zone->data);
-        const apikey::Rate rate = apikey::effective_rate(table, record, category, limit.rate);
-        const std::uint64_t id = apikey::budget_in_zone(
-            apikey::budget_id(kind, holder, category, rate.period_seconds * 1000),
-            key_zone->budget_salt);
-        size_t i = 0;
-        while (i < n && !(budgets[i].zone == zone && budgets[i].id == id)) i++;
-        if (i < n) {
-            if (rate.count < budgets[i].rate.count) budgets[i].rate = rate;
-        } else {
-            budgets[n++] = {zone, id, rate};
+    const std::string_view category = apikey::request_category(to_view(lcf->limit_category),
+                                                               method_of(r));
+    const apikey::LimitPlan plan(static_cast<const apikey::ConfiguredLimit *>(lcf->limits->elts),
+                                 lcf->limits->nelts, category, table, record,
+                                 static_cast<apikey::LimitBy>(lcf->limit_by),
+                                 key_zone->budget_salt);
+    const bool commit = !lcf->dry_run;
+    const bool ietf = (lcf->limit_headers & kLimitHeadersIetf) != 0;
+    if (ietf) {
+        for (const apikey::PlannedBudget &b : plan) {
+            report.entry[report.entries++] = {category, b.rate, 0, 0};
         }
     }
-
-    const bool commit = !lcf->dry_run;
-    for (size_t i = 0; i < n; i++) {
-        Budget &b = budgets[i];
-        SpentBudget *spent = find_spent(ctx, b.zone, b.id);
+    for (const apikey::PlannedBudget &b : plan) {
+        auto *zone = static_cast<LimitZone *>(static_cast<const ngx_shm_zone_t *>(b.zone)->data);
+        SpentBudget *spent = find_spent(ctx, zone, b.id);
         if (spent == nullptr || (commit && !spent->committed)) {
             if (spent == nullptr) {
                 if (ctx->spent_count == kMaxSpent) return Outcome::internal_error;
                 spent = &ctx->spent[ctx->spent_count++];
             }
             const apikey::WindowLimit window{b.rate.count, b.rate.period_seconds * 1000};
-            spent->zone = b.zone;
+            spent->zone = zone;
             spent->id = b.id;
-            spent->result = b.zone->table.consume(
+            spent->result = zone->table.consume(
                 b.id, window, static_cast<std::int64_t>(ngx_current_msec), commit, self_identity);
             spent->committed = commit && spent->result.decision.allowed;
-            if (spent->result.evicted_active) warn_zone_full(r, b.zone);
+            if (spent->result.evicted_active) warn_zone_full(r, zone);
         }
         const apikey::WindowDecision &d = spent->result.decision;
-        if (!report.limited || !d.allowed || d.remaining < report.decision.remaining) {
-            report = {true, d, b.rate, category};
+        if (!report.limited || apikey::reports_before(d, report.decision)) {
+            report.limited = true;
+            report.decision = d;
+            report.rate = b.rate;
+            report.category = category;
         }
+        if (ietf) report.entry[report.decided++] = apikey::ratelimit_entry(category, b.rate, d);
         if (!d.allowed) {
-            if (commit) refund_all(ctx);
+            if (commit) {
+                refund_all(ctx);
+                // What this request counted before the refusal was taken back.
+                for (size_t i = 0; i + 1 < report.decided; i++) {
+                    apikey::RateLimitEntry &e = report.entry[i];
+                    if (e.remaining < e.rate.count) e.remaining++;
+                }
+            }
             return Outcome::rate_limited;
         }
     }
@@ -369,8 +371,18 @@ void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, Outcome outcom
 
 // extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
 // scopes -> limits. The zone's table is held for this function only.
-Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
+Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
+                LimitReport &own) noexcept {
+    // The main request's decision is what variables and headers report; an
+    // auth subrequest's stands in while the main request has none.
+    const bool is_main = r == r->main;
+    const bool reports = is_main || !ctx->decided_by_main;
+    LimitReport &limit = reports ? ctx->limit : own;
+    limit.limited = false;
+    limit.entries = limit.decided = 0;
+    limit.headers = lcf->limit_headers;
     Decision d;
+    d.limit = &limit;
     auto *zone = static_cast<KeyZone *>(lcf->zone->data);
     TableHold hold(zone);
     const apikey::KeyTable &table = hold.table();
@@ -401,7 +413,7 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     d.outcome = verdict.outcome;
     d.missing_scope = verdict.missing_scope;
     if (d.outcome == Outcome::accepted && lcf->limits != nullptr) {
-        d.outcome = apply_limits(r, lcf, ctx, zone, table, *verdict.record, d.limit);
+        d.outcome = apply_limits(r, lcf, ctx, zone, table, *verdict.record, limit);
     }
 
     if (!ctx->counted) {
@@ -411,15 +423,11 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
                                    d.outcome, ngx_time());
     }
 
-    // The main request's decision is what variables and headers report; an
-    // auth subrequest's stands in while the main request has none.
-    const bool is_main = r == r->main;
-    if (is_main || !ctx->decided_by_main) {
+    if (reports) {
         ctx->decided = true;
         ctx->decided_by_main = is_main;
         ctx->dry_run = lcf->dry_run;
         ctx->outcome = d.outcome;
-        ctx->limit = d.limit;
         ctx->facts = KeyFacts{};
         if (verdict.record != nullptr && !copy_facts(r, table, *verdict.record, ctx->facts)) {
             d.outcome = ctx->outcome = Outcome::internal_error;
@@ -428,10 +436,9 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
 
     ngx_str_t id = ngx_null_string;
     if (verdict.record != nullptr) id = literal(table.text(verdict.record->id));
-    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "api key: \"%s\" in \"%V\"%s, key id \"%V\"",
-                   apikey::describe(d.outcome).code.data(), &zone->name,
-                   is_main ? "" : " (subrequest)", &id);
+    ngx_log_debug4(
+        NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "api key: \"%s\" in \"%V\"%s, key id \"%V\"",
+        apikey::describe(d.outcome).code.data(), &zone->name, is_main ? "" : " (subrequest)", &id);
     if (d.outcome != Outcome::accepted) log_refusal(r, lcf, d.outcome, id);
     return d;
 }
@@ -477,7 +484,7 @@ ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const Re
     std::string_view detail = d.missing_scope;
     if (d.outcome == Outcome::rate_limited) {
         detail = {limit_detail,
-                  apikey::describe_limit(limit_detail, d.limit.rate, d.limit.category)};
+                  apikey::describe_limit(limit_detail, d.limit->rate, d.limit->category)};
     }
     auto *body = static_cast<u_char *>(ngx_pnalloc(r->pool, apikey::kMaxErrorBody));
     if (body == nullptr) return NGX_ERROR;
@@ -500,7 +507,7 @@ ngx_int_t send_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const Re
     if (d.outcome == Outcome::rate_limited) {
         auto *digits = static_cast<u_char(*)[NGX_INT64_LEN]>(ngx_pnalloc(r->pool, NGX_INT64_LEN));
         if (digits == nullptr) return NGX_ERROR;
-        if (add_header(r, "Retry-After", decimal(*digits, d.limit.decision.retry_after_s)) ==
+        if (add_header(r, "Retry-After", decimal(*digits, d.limit->decision.retry_after_s)) ==
             nullptr) {
             return NGX_ERROR;
         }
@@ -598,21 +605,57 @@ ngx_int_t conclude(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *
     if (d.outcome != Outcome::accepted && !lcf->dry_run) return refuse(r, lcf, ctx, d);
     if (lcf->hide_credentials && !hide_credentials(r, lcf, ctx)) {
         d.outcome = Outcome::internal_error;
-        d.limit = LimitReport{};
         return refuse(r, lcf, ctx, d);
     }
     return d.outcome == Outcome::accepted ? NGX_OK : NGX_DECLINED;
+}
+
+ngx_int_t add_ietf_headers(ngx_http_request_t *r, const LimitReport &limit) noexcept {
+    const size_t size = apikey::ratelimit_field_size(limit.entries);
+    auto *p = static_cast<char *>(ngx_pnalloc(r->pool, 2 * size));
+    if (p == nullptr) return NGX_ERROR;
+    const size_t policy = apikey::format_ratelimit_policy(p, size, limit.entry, limit.entries);
+    const size_t values = apikey::format_ratelimit(p + size, size, limit.entry, limit.decided);
+    if (policy != 0 && add_header(r, "RateLimit-Policy", literal({p, policy})) == nullptr) {
+        return NGX_ERROR;
+    }
+    if (values != 0 && add_header(r, "RateLimit", literal({p + size, values})) == nullptr) {
+        return NGX_ERROR;
+    }
+    return NGX_OK;
+}
+
+ngx_int_t add_rate_limit_headers(ngx_http_request_t *r, RequestCtx *ctx) noexcept {
+    const LimitReport &report = ctx->limit;
+    if (report.headers & kLimitHeadersX) {
+        const apikey::WindowDecision &limit = report.decision;
+        const std::pair<std::string_view, std::uint64_t> headers[] = {
+            {"X-RateLimit-Limit", limit.limit},
+            {"X-RateLimit-Remaining", limit.allowed ? limit.remaining : 0},
+            {"X-RateLimit-Reset", limit.reset_s},
+        };
+        for (size_t i = 0; i < 3; i++) {
+            if (add_header(r, headers[i].first,
+                           decimal(ctx->rate_limit_digits[i], headers[i].second)) == nullptr) {
+                return NGX_ERROR;
+            }
+        }
+    }
+    if (report.headers & kLimitHeadersIetf) return add_ietf_headers(r, report);
+    return NGX_OK;
 }
 
 }  // namespace
 
 // Main requests, in the access phase (so `satisfy` sees the outcome).
 ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
-    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    auto *lcf = static_cast<ApiKeyLocConf *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
     if (lcf->zone == nullptr) return NGX_DECLINED;
     RequestCtx *ctx = main_ctx(r);
     if (ctx == nullptr) return NGX_ERROR;  // no memory even for the refusal: close
-    Decision d = decide(r, lcf, ctx);
+    LimitReport unused;                    // the main request reports in its context
+    Decision d = decide(r, lcf, ctx, unused);
     return conclude(r, lcf, ctx, d);
 }
 
@@ -620,11 +663,13 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
 // are decided here, in pre-access, which they do run.
 ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept {
     if (r == r->main) return NGX_DECLINED;
-    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    auto *lcf = static_cast<ApiKeyLocConf *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
     if (lcf->zone == nullptr) return NGX_DECLINED;
     RequestCtx *ctx = main_ctx(r);
     if (ctx == nullptr) return NGX_ERROR;
-    Decision d = decide(r, lcf, ctx);
+    LimitReport own;
+    Decision d = decide(r, lcf, ctx, own);
     const ngx_int_t rc = conclude(r, lcf, ctx, d);
     return rc == NGX_OK ? NGX_DECLINED : rc;  // other pre-access handlers still run
 }
@@ -634,20 +679,9 @@ ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
     if (ctx != nullptr) {
         ngx_str_t id = {apikey::kRequestIdLength, reinterpret_cast<u_char *>(ctx->request_id)};
         if (add_header(r, "X-Request-Id", id) == nullptr) return NGX_ERROR;
-        if (ctx->decided && ctx->limit.limited && !ctx->dry_run) {
-            const apikey::WindowDecision &limit = ctx->limit.decision;
-            const std::pair<std::string_view, std::uint64_t> headers[] = {
-                {"X-RateLimit-Limit", limit.limit},
-                {"X-RateLimit-Remaining", limit.allowed ? limit.remaining : 0},
-                {"X-RateLimit-Reset", limit.reset_s},
-            };
-            for (size_t i = 0; i < 3; i++) {
-                if (add_header(r, headers[i].first,
-                               decimal(ctx->rate_limit_digits[i], headers[i].second)) ==
-                    nullptr) {
-                    return NGX_ERROR;
-                }
-            }
+        if (ctx->decided && ctx->limit.limited && !ctx->dry_run &&
+            add_rate_limit_headers(r, ctx) != NGX_OK) {
+            return NGX_ERROR;
         }
     }
     return next_header_filter(r);
@@ -658,7 +692,15 @@ ngx_int_t header_filter(ngx_http_request_t *r) noexcept {
 namespace {
 
 enum class Var : uintptr_t {
-    id, owner, organization_id, plan, environment, scopes, error, request_id, limit_remaining,
+    id,
+    owner,
+    organization_id,
+    plan,
+    environment,
+    scopes,
+    error,
+    request_id,
+    limit_remaining,
 };
 
 void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
@@ -738,9 +780,9 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
 ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
     if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    auto *lcf = static_cast<ApiKeyLocConf *>(ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
-    const bool prometheus =
-        lcf->status_format == static_cast<ngx_uint_t>(StatusFormat::prometheus);
+    auto *lcf = static_cast<ApiKeyLocConf *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+    const bool prometheus = lcf->status_format == static_cast<ngx_uint_t>(StatusFormat::prometheus);
 
     std::string text;
     try {
@@ -757,8 +799,8 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
             report.keys = state->keys;
             report.generation = state->generation;
             report.loaded_at = state->loaded_at;
-            report.last_error =
-                std::string_view(state->last_error, strnlen(state->last_error, apikey::kMaxLoadError));
+            report.last_error = std::string_view(state->last_error,
+                                                 strnlen(state->last_error, apikey::kMaxLoadError));
             report.bytes_total = static_cast<uint64_t>(zone.memory.pool->end - zone.memory.base());
             report.bytes_free = static_cast<uint64_t>(zone.memory.pool->pfree) * ngx_pagesize;
             report.usage = &zone.shared.usage();

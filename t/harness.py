@@ -8,16 +8,26 @@ In the spirit of nginx-tests' Test::Nginx, with Python's standard library only:
   test expects one, never "exited on signal").
 * ``request()``: HTTP/1.1 over a raw socket, so tests can send duplicate
   headers and odd values exactly as written.
+* ``curl_h2()``: a request over HTTP/2 without TLS (h2c) through curl;
+  ``h2c_listen()`` the listen lines for the nginx version under
+  test; ``require_http2()`` skips (or with REQUIRE_HTTP2=1 fails) a class
+  when curl or nginx cannot do HTTP/2.
 * ``echo_upstream()``: a threaded HTTP server on 127.0.0.1 that answers 200
   with a JSON account of the request line and every header it received.
 * Key helpers: ``new_key()``, ``key_hash()`` and ``KeyFile`` (writes the YAML
   key file from Python values).
-* ``NginxCase``: a unittest base class with one nginx per test class.
+* ``NginxCase``: a unittest base class with one nginx per test class;
+  ``ConfigCheckCase``: one for ``nginx -t`` on a configuration per call.
+* Small utilities also used by scripts/bench, scripts/request-cost and
+  scripts/sanitize_valgrind.py: ``wait_until()``, ``free_port()``,
+  ``listening()``, ``pid_alive()``, ``children_of()``.
 
 Environment:
   NGINX            nginx binary (default /usr/sbin/nginx)
   API_KEY_MODULE   module .so (default <repo>/build/module/ngx_http_api_key_module.so)
   KEEP=1           keep the temporary prefixes (their paths are printed)
+  REQUIRE_HTTP2=1  HTTP/2 tests fail instead of skipping when curl or nginx
+                   cannot do HTTP/2 (.ci/run and scripts/test-matrix set it)
 """
 
 import hashlib
@@ -83,6 +93,15 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listening(port):
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def _proc_stat(pid):
@@ -258,6 +277,124 @@ def request(port, method="GET", path="/", headers=(), body=None, timeout=10.0,
     else:
         body = rest
     return Response(status, reason, hdrs, body, data)
+
+
+# --------------------------------------------------------------------------
+# the nginx under test, and HTTP/2 through curl
+
+_nginx_info = {}
+
+
+def nginx_build_info():
+    """(version tuple, configure arguments text) of the nginx under test, from
+    `nginx -V` (cached); ((), "") when it cannot be run."""
+    if NGINX not in _nginx_info:
+        try:
+            out = subprocess.run([NGINX, "-V"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 timeout=30, env=NGINX_ENV).stdout.decode("utf-8", "replace")
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        m = re.search(r"^nginx version: [^/\s]+/(\d+(?:\.\d+)*)", out, re.M)
+        version = tuple(int(x) for x in m.group(1).split(".")) if m else ()
+        m = re.search(r"^configure arguments:(.*)$", out, re.M)
+        _nginx_info[NGINX] = (version, m.group(1) if m else "")
+    return _nginx_info[NGINX]
+
+
+def nginx_version():
+    """The version of the nginx under test as a tuple, e.g. (1, 22, 1)."""
+    return nginx_build_info()[0]
+
+
+def h2c_listen(port="{port}"):
+    """The lines that make a server listen on 127.0.0.1:PORT with HTTP/2
+    without TLS (h2c, prior knowledge): `http2 on;` from nginx 1.25.1 (which
+    warns that `listen ... http2` is deprecated), the listen parameter before."""
+    if nginx_version() >= (1, 25, 1):
+        return "listen 127.0.0.1:%s;\n        http2 on;" % port
+    return "listen 127.0.0.1:%s http2;" % port
+
+
+def http2_unavailable():
+    """None if the HTTP/2 tests can run (curl speaks h2c with prior knowledge,
+    nginx has the HTTP/2 module), else why not."""
+    curl = shutil.which("curl")
+    if curl is None:
+        return "curl is not installed"
+    try:
+        out = subprocess.run([curl, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=10).stdout.decode()
+        helptext = subprocess.run([curl, "--help", "all"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=10).stdout.decode()
+    except (OSError, subprocess.SubprocessError) as e:
+        return "curl does not run: %s" % e
+    if "HTTP2" not in out.split():
+        return "curl is built without HTTP/2 (curl --version lists no HTTP2 feature)"
+    if "--http2-prior-knowledge" not in helptext:
+        return "curl lacks --http2-prior-knowledge"
+    if "--with-http_v2_module" not in nginx_build_info()[1]:
+        return "%s is built without --with-http_v2_module" % NGINX
+    return None
+
+
+def require_http2():
+    """Skips the calling test class when HTTP/2 cannot be tested, or fails it
+    when REQUIRE_HTTP2=1 (set by .ci/run and scripts/test-matrix), so CI
+    never passes without having sent HTTP/2."""
+    why = http2_unavailable()
+    if why is None:
+        return
+    if os.environ.get("REQUIRE_HTTP2") == "1":
+        raise AssertionError("REQUIRE_HTTP2=1 but HTTP/2 cannot be tested: %s "
+                             "(scripts/setup installs Debian's curl, which has HTTP/2)" % why)
+    raise unittest.SkipTest("%s; set REQUIRE_HTTP2=1 to make this a failure" % why)
+
+
+def curl_h2(port, method="GET", path="/", headers=(), body=None, timeout=10.0):
+    """One request over h2c (prior knowledge) with curl, on a connection of
+    its own. Returns a Response with .version ("2" for HTTP/2).
+
+    One request per curl: Debian 12's curl 7.88.1 cannot reuse an h2c
+    prior-knowledge connection (curl issue 10634, fixed in curl 8.0): every
+    request after the first on a connection fails with "Error in the HTTP2
+    framing layer". And a request whose body nginx refuses before reading it
+    may end in RST_STREAM instead of the response, for nginx's own `deny`
+    and `auth_basic` as well, so refusals are tested without a body."""
+    tmp = tempfile.mkdtemp(prefix="apikey-h2-")
+    try:
+        hfile, bfile = os.path.join(tmp, "h"), os.path.join(tmp, "b")
+        cmd = ["curl", "-sS", "--http2-prior-knowledge", "--max-time", str(timeout),
+               "-D", hfile, "-o", bfile, "-w", "%{http_version}"]
+        if method != "GET":
+            cmd += ["-X", method]
+        if body is not None:
+            cmd += ["--data-binary", "@-"]
+        for name, value in headers:
+            cmd += ["-H", "%s: %s" % (name, value)]
+        cmd.append("http://127.0.0.1:%d%s" % (port, path))
+        if isinstance(body, str):
+            body = body.encode()
+        proc = subprocess.run(cmd, input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              timeout=timeout + 20)
+        if proc.returncode != 0:
+            raise AssertionError("curl --http2-prior-knowledge %s %s failed (%d): %s" % (
+                method, path, proc.returncode, proc.stderr.decode("utf-8", "replace")))
+        with open(hfile, "rb") as f:
+            head = f.read().decode("latin-1")
+        data = b""
+        if os.path.exists(bfile):  # curl creates it only when there is a body
+            with open(bfile, "rb") as f:
+                data = f.read()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [l for l in head.split("\r\n") if l]
+    m = re.match(r"HTTP/(\S+) (\d{3})", lines[0] if lines else "")
+    if not m:
+        raise AssertionError("curl wrote no status line: %r" % head)
+    pairs = [tuple(p.strip() for p in l.split(":", 1)) for l in lines[1:] if ":" in l]
+    resp = Response(int(m.group(2)), "", Headers(pairs), data, head.encode("latin-1") + data)
+    resp.version = proc.stdout.decode().strip() or m.group(1)
+    return resp
 
 
 # --------------------------------------------------------------------------
@@ -570,17 +707,9 @@ class Nginx:
                    what="%d worker processes" % self.worker_processes)
         for key, value in self.vars.items():
             if key.startswith("port") and isinstance(value, int):
-                wait_until(lambda: self._listening(value), timeout,
+                wait_until(lambda: listening(value), timeout,
                            what="nginx listening on 127.0.0.1:%d" % value)
         return self
-
-    @staticmethod
-    def _listening(port):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return True
-        except OSError:
-            return False
 
     def stop(self):
         pid = self.master or self.read_pid()
@@ -774,6 +903,54 @@ class NginxCase(unittest.TestCase):
             self.assertEqual(doc["error"].get("message"), message,
                              "error.message for %s%s" % (code, ctx))
         return doc
+
+
+class ConfigCheckCase(unittest.TestCase):
+    """`nginx -t` on one configuration at a time; nothing is started.
+
+    nginx_t(http) writes a key file (keys.yaml in the prefix, one key "key_a"
+    with scope a:read) and an nginx.conf around the http {} body, runs
+    nginx -t and returns (returncode, output); refused() asserts that nginx -t
+    refuses it with an [emerg] that names `mention`. Each nginx_t() gets a
+    fresh prefix; the previous one is cleaned up (its [emerg] was expected).
+    """
+
+    NAME = "config"
+
+    def setUp(self):
+        self.nginx = None
+
+    def tearDown(self):
+        self._discard()
+
+    def _discard(self):
+        if self.nginx is not None:
+            n, self.nginx = self.nginx, None
+            n.allow_emerg = True  # a failed nginx -t logs [emerg]
+            n.cleanup()
+
+    def nginx_t(self, http):
+        self._discard()
+        self.nginx = n = Nginx(name=self.NAME)
+        kf = KeyFile()
+        kf.add("key_a", scopes=["a:read"])
+        kf.write(n.path("keys.yaml"))
+        n.write_config(http)
+        return n.test_config()
+
+    def refused(self, http, what, mention=None):
+        """nginx -t fails with an [emerg] about an argument (not "unknown
+        directive") that names `mention`; returns the output."""
+        rc, out = self.nginx_t(http)
+        self.assertNotEqual(rc, 0, "nginx -t refuses %s; output:\n%s" % (what, out))
+        self.assertIn("[emerg]", out, "%s: reported as [emerg]" % what)
+        self.assertNotIn("unknown directive", out,
+                         "%s: refused for the argument, not because the directive is unknown"
+                         % what)
+        if mention:
+            self.assertIn(mention, out, "%s: the message names %r; output:\n%s"
+                          % (what, mention, out))
+        return out
 
 
 def bearer(key):

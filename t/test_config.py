@@ -1,9 +1,7 @@
 """SPEC "Directives": nginx -t accepts every directive in its documented
 contexts and refuses wrong arguments and contexts."""
 
-import unittest
-
-from harness import KeyFile, Nginx
+from harness import ConfigCheckCase
 
 GOOD = """
     api_key_zone keys:1m file={prefix}/keys.yaml;
@@ -55,33 +53,10 @@ SERVER = """
 """
 
 
-class ConfigTest(unittest.TestCase):
+class ConfigTest(ConfigCheckCase):
+    """nginx_t() and refused() come from harness.ConfigCheckCase."""
 
-    def setUp(self):
-        self.nginx = None
-
-    def tearDown(self):
-        if self.nginx is not None:
-            self.nginx.allow_emerg = True
-            self.nginx.cleanup()
-
-    def nginx_t(self, http):
-        self.nginx = n = Nginx(name="config")
-        kf = KeyFile()
-        kf.add("key_a", scopes=["a:read"])
-        kf.write(n.path("keys.yaml"))
-        n.write_config(http)
-        return n.test_config()
-
-    def refused(self, http, what, mention=None):
-        rc, out = self.nginx_t(http)
-        self.assertNotEqual(rc, 0, "nginx -t refuses %s; output:\n%s" % (what, out))
-        self.assertIn("[emerg]", out, "%s: reported as [emerg]" % what)
-        self.assertNotIn("unknown directive", out,
-                         "%s: refused for the argument, not because the directive is unknown"
-                         % what)
-        if mention:
-            self.assertIn(mention, out, "%s: the message names %r" % (what, mention))
+    NAME = "config"
 
     def test_all_directives_in_all_contexts(self):
         rc, out = self.nginx_t(GOOD)

@@ -13,8 +13,8 @@ import threading
 import time
 import unittest
 
-from harness import (PAST, REQUEST_ID_RE, KeyFile, Nginx, NginxCase, bearer,
-                     wait_until)
+from harness import (PAST, REQUEST_ID_RE, ConfigCheckCase, KeyFile, Nginx, NginxCase,
+                     bearer, wait_until)
 
 UP = "proxy_pass http://127.0.0.1:{upstream};"
 
@@ -779,33 +779,10 @@ def conf(loc="", http="api_key_limit_zone limits:1m;"):
     return CONF_SERVER.replace("HTTPLEVEL", http).replace("LOC", loc)
 
 
-class LimitConfigTest(unittest.TestCase):
+class LimitConfigTest(ConfigCheckCase):
+    """nginx_t() and refused() come from harness.ConfigCheckCase."""
 
-    def setUp(self):
-        self.nginx = None
-
-    def tearDown(self):
-        if self.nginx is not None:
-            self.nginx.allow_emerg = True
-            self.nginx.cleanup()
-
-    def nginx_t(self, http):
-        if self.nginx is not None:
-            self.nginx.allow_emerg = True
-            self.nginx.cleanup()
-        self.nginx = n = Nginx(name="limconfig")
-        kf = KeyFile()
-        kf.add("key_a")
-        kf.write(n.path("keys.yaml"))
-        n.write_config(http)
-        return n.test_config()
-
-    def refused(self, http, what, mention):
-        rc, out = self.nginx_t(http)
-        self.assertNotEqual(rc, 0, "nginx -t refuses %s; output:\n%s" % (what, out))
-        self.assertIn("[emerg]", out, "%s: reported as [emerg]" % what)
-        self.assertIn(mention, out, "%s: the message names %r; output:\n%s" % (what, mention, out))
-        return out
+    NAME = "limconfig"
 
     def test_good(self):
         http = ("api_key_limit_zone limits:1m;\n"
@@ -821,7 +798,7 @@ class LimitConfigTest(unittest.TestCase):
         self.assertEqual(rc, 0, "limit directives accepted in http, server and location:\n" + out)
 
     def test_bad_rates(self):
-        for rate in ("10r/d", "0r/s", "abc"):
+        for rate in ("10r/w", "0r/s", "abc"):
             with self.subTest(rate=rate):
                 self.refused(conf("api_key_limit limits read %s;" % rate),
                              "api_key_limit rate %s" % rate, '"%s"' % rate)

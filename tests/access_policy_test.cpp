@@ -44,15 +44,18 @@ protected:
         revoked_expired.expires_at = kNow - 50;
         b.add_key(revoked_expired);
 
-        KeySpec test_expired = key("test_expired_key_001", "test_expired", {"diagrams:read"}, "pro");
+        KeySpec test_expired = key("test_expired_key_001", "test_expired", {"diagrams:read"},
+                                   "pro");
         test_expired.expires_at = kNow - 1;
         b.add_key(test_expired);
 
-        KeySpec test_revoked = key("test_revoked_key_001", "test_revoked", {"diagrams:read"}, "pro");
+        KeySpec test_revoked = key("test_revoked_key_001", "test_revoked", {"diagrams:read"},
+                                   "pro");
         test_revoked.revoked_at = kNow - 1;
         b.add_key(test_revoked);
 
-        KeySpec future_revoke = key("live_future_revoke_1", "future_revoke", {"diagrams:read"}, "pro");
+        KeySpec future_revoke = key("live_future_revoke_1", "future_revoke", {"diagrams:read"},
+                                    "pro");
         future_revoke.revoked_at = kNow + 3600;
         b.add_key(future_revoke);
 
@@ -64,11 +67,13 @@ protected:
         expires_now.expires_at = kNow;
         b.add_key(expires_now);
 
-        KeySpec expires_later = key("live_expires_later_1", "expires_later", {"diagrams:read"}, "pro");
+        KeySpec expires_later = key("live_expires_later_1", "expires_later", {"diagrams:read"},
+                                    "pro");
         expires_later.expires_at = kNow + 1;
         b.add_key(expires_later);
 
-        KeySpec created_future = key("live_created_later_1", "created_later", {"diagrams:read"}, "pro");
+        KeySpec created_future = key("live_created_later_1", "created_later", {"diagrams:read"},
+                                     "pro");
         created_future.created_at = kNow + 86400;
         b.add_key(created_future);
 
@@ -130,7 +135,7 @@ TEST_F(AccessPolicyTest, AcceptsAGoodKeyAndReportsIt) {
 TEST_F(AccessPolicyTest, InvalidKeys) {
     AccessPolicy p = open_policy();
     for (const char *k : {
-             "live_unknown_key_001",  // right syntax and prefix, not in the file
+             "live_unknown_key_001",   // right syntax and prefix, not in the file
              "live_short",             // too short
              "other_reader_key_0001",  // no declared prefix
              "LIVE_reader_key_0001",   // prefixes are case-sensitive
@@ -146,22 +151,24 @@ TEST_F(AccessPolicyTest, InvalidKeys) {
 }
 
 TEST_F(AccessPolicyTest, IdentifyKey) {
-    Environment env = Environment::none;
-    Digest d{};
-    EXPECT_EQ(identify_key(table_, "test_reader_key_0001", env, d), Outcome::accepted);
-    EXPECT_EQ(env, Environment::test);
-    EXPECT_EQ(d, sha256("test_reader_key_0001"));
-    EXPECT_EQ(identify_key(table_, "nope_reader_key_0001", env, d), Outcome::invalid_key);
-    EXPECT_EQ(identify_key(table_, "live_", env, d), Outcome::invalid_key);
+    const Identity id = identify_key(table_, "test_reader_key_0001");
+    EXPECT_EQ(id.outcome, Outcome::accepted);
+    EXPECT_EQ(id.environment, Environment::test);
+    EXPECT_EQ(id.digest, sha256("test_reader_key_0001"));
+    EXPECT_FALSE(id.from_memo);
+    EXPECT_EQ(identify_key(table_, "nope_reader_key_0001").outcome, Outcome::invalid_key);
+    EXPECT_EQ(identify_key(table_, "live_").outcome, Outcome::invalid_key);
 }
 
 TEST_F(AccessPolicyTest, CheckDigestForAnIdentifiedKey) {
     AccessPolicy p({}, {}, RequiredEnvironment::live);
-    Verdict v = p.check_digest(table_, sha256("live_reader_key_0001"), Environment::live, kGet, kNow);
+    Verdict v = p.check_digest(table_, sha256("live_reader_key_0001"), Environment::live, kGet,
+                               kNow);
     EXPECT_EQ(v.outcome, Outcome::accepted);
     EXPECT_EQ(id_of(v), "reader");
     // The environment handed in is the one checked.
-    Verdict w = p.check_digest(table_, sha256("live_reader_key_0001"), Environment::test, kGet, kNow);
+    Verdict w = p.check_digest(table_, sha256("live_reader_key_0001"), Environment::test, kGet,
+                               kNow);
     EXPECT_EQ(w.outcome, Outcome::wrong_environment);
     EXPECT_EQ(w.environment, Environment::test);
     Verdict u = p.check_digest(table_, sha256("nothing"), Environment::live, kGet, kNow);
@@ -180,7 +187,8 @@ TEST_F(AccessPolicyTest, RevokedAndExpiredIsRevoked) {
 
 TEST_F(AccessPolicyTest, RevokedComesBeforePlanAndScopes) {
     AccessPolicy p({{kAnyMethod, {"diagrams:write"}}}, {"pro"}, RequiredEnvironment::any);
-    EXPECT_EQ(check(p, "live_revoked_expired").outcome, Outcome::revoked_key);  // plan free, no scopes
+    EXPECT_EQ(check(p, "live_revoked_expired").outcome,
+              Outcome::revoked_key);  // plan free, no scopes
 }
 
 TEST_F(AccessPolicyTest, ExpiredOnTheWrongEnvironmentIsExpired) {
@@ -299,9 +307,9 @@ TEST_F(AccessPolicyTest, AllScopesOfARuleAreRequired) {
 }
 
 TEST_F(AccessPolicyTest, MethodSpecificRules) {
-    AccessPolicy p({{kGet | kHead, {"diagrams:read"}},
-                    {kPost | kPut | kPatch | kDelete, {"diagrams:write"}}},
-                   {}, RequiredEnvironment::any);
+    AccessPolicy p(
+        {{kGet | kHead, {"diagrams:read"}}, {kPost | kPut | kPatch | kDelete, {"diagrams:write"}}},
+        {}, RequiredEnvironment::any);
     // A reader may read ...
     EXPECT_EQ(check(p, "live_reader_key_0001", kGet).outcome, Outcome::accepted);
     EXPECT_EQ(check(p, "live_reader_key_0001", kHead).outcome, Outcome::accepted);
@@ -369,7 +377,8 @@ TEST_F(AccessPolicyTest, ScopeNoKeyHasIsReportedByName) {
     EXPECT_EQ(check(q, "live_writer_key_0001").missing_scope, "billing:admin");
     // ... and a missing known one before it is reported first.
     EXPECT_EQ(check(q, "live_noscope_key_001").missing_scope, "diagrams:read");
-    AccessPolicy r({{kAnyMethod, {"diagrams:write", "billing:admin"}}}, {}, RequiredEnvironment::any);
+    AccessPolicy r({{kAnyMethod, {"diagrams:write", "billing:admin"}}}, {},
+                   RequiredEnvironment::any);
     EXPECT_EQ(check(r, "live_reader_key_0001").missing_scope, "diagrams:write");
 }
 
@@ -408,11 +417,13 @@ TEST(AccessPolicyRecompile, NewTableWithOtherBitOrder) {
     for (int round = 0; round < 3; round++) {
         for (const KeyTable *t : {&a, &b}) {
             SCOPED_TRACE(t == &a ? "table A" : "table B");
-            EXPECT_EQ(scopes.check(*t, "key_alpha_000000001", kGet, kNow).outcome, Outcome::accepted);
+            EXPECT_EQ(scopes.check(*t, "key_alpha_000000001", kGet, kNow).outcome,
+                      Outcome::accepted);
             Verdict v = scopes.check(*t, "key_beta_0000000001", kGet, kNow);
             EXPECT_EQ(v.outcome, Outcome::insufficient_scope);
             EXPECT_EQ(v.missing_scope, "alpha");
-            EXPECT_EQ(plans.check(*t, "key_alpha_000000001", kGet, kNow).outcome, Outcome::accepted);
+            EXPECT_EQ(plans.check(*t, "key_alpha_000000001", kGet, kNow).outcome,
+                      Outcome::accepted);
             EXPECT_EQ(plans.check(*t, "key_beta_0000000001", kGet, kNow).outcome,
                       Outcome::plan_required);
         }

@@ -88,8 +88,8 @@ TEST_F(CliAtomicFile, ReplaceKeepsMode) {
 }
 
 TEST_F(CliAtomicFile, FailureBeforeRenameLeavesOldFile) {
-    for (WriteStage stage : {WriteStage::temp_created, WriteStage::data_written,
-                             WriteStage::before_rename}) {
+    for (WriteStage stage :
+         {WriteStage::temp_created, WriteStage::data_written, WriteStage::before_rename}) {
         put(path_, kOld, 0640);
         std::string temp_seen;
         auto crash = [&](WriteStage s, const std::string &temp) {
@@ -102,9 +102,11 @@ TEST_F(CliAtomicFile, FailureBeforeRenameLeavesOldFile) {
         EXPECT_THROW(write_file_atomically(path_, std::string(100000, 'x'), crash),
                      std::runtime_error);
         EXPECT_FALSE(temp_seen.empty());
-        EXPECT_EQ(slurp(path_), kOld) << "old file byte-identical (stage " << static_cast<int>(stage) << ")";
+        EXPECT_EQ(slurp(path_), kOld)
+            << "old file byte-identical (stage " << static_cast<int>(stage) << ")";
         EXPECT_EQ(mode_of(path_), 0640u);
-        EXPECT_TRUE(strays().empty()) << "no temp file left: " << (strays().empty() ? "" : strays()[0]);
+        EXPECT_TRUE(strays().empty())
+            << "no temp file left: " << (strays().empty() ? "" : strays()[0]);
     }
 }
 
@@ -204,7 +206,8 @@ TEST_F(CliAtomicFile, ALockPathThatIsNotARegularFileIsRefusedWithoutHanging) {
         FileLock l(path_, std::chrono::milliseconds(0));
         FAIL() << "a FIFO is not a lock file";
     } catch (const Error &e) {
-        EXPECT_NE(std::string(e.what()).find("a FIFO, not a regular file"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("a FIFO, not a regular file"), std::string::npos)
+            << e.what();
     }
     fs::remove(lock);
     fs::create_directory(lock);
@@ -251,13 +254,12 @@ TEST_F(CliAtomicFile, UpdateFailureBeforeRenameLeavesOldFile) {
     opt.hook = [](WriteStage s, const std::string &) {
         if (s == WriteStage::before_rename) throw Error("disk full (simulated)");
     };
-    EXPECT_THROW(update_key_file(path_, [](KeyFileEditor &ed) { ed.revoke("key_a", 1800000000); }, opt),
-                 Error);
+    const auto revoke = [](KeyFileEditor &ed) { ed.revoke("key_a", 1800000000); };
+    EXPECT_THROW(update_key_file(path_, revoke, opt), Error);
     EXPECT_EQ(slurp(path_), old);
     EXPECT_TRUE(strays().empty());
 
-    const UpdateResult r =
-        update_key_file(path_, [](KeyFileEditor &ed) { ed.revoke("key_a", 1800000000); });
+    const UpdateResult r = update_key_file(path_, revoke);
     EXPECT_TRUE(r.changed);
     EXPECT_EQ(slurp(path_), old + "    revoked_at: 2027-01-15T08:00:00Z\n");
     EXPECT_EQ(mode_of(path_), 0640u);
@@ -294,7 +296,8 @@ TEST_F(CliAtomicFile, UpdateEditErrorWritesNothing) {
 TEST_F(CliAtomicFile, UpdateCreatesMissingFile) {
     UpdateOptions opt;
     opt.create_if_missing = true;
-    const UpdateResult r = update_key_file(path_, [](KeyFileEditor &) {}, opt);
+    const auto unchanged = [](KeyFileEditor &) {};
+    const UpdateResult r = update_key_file(path_, unchanged, opt);
     EXPECT_TRUE(r.created);
     EXPECT_EQ(slurp(path_), "version: 1\nkeys:\n");
 }

@@ -18,8 +18,8 @@ TEST(CliDuration, Units) {
 }
 
 TEST(CliDuration, Rejected) {
-    for (const char *bad : {"", "d", "90", "0d", "0h0m", "-1d", "+1d", "1x", "1.5d", "90 d",
-                            " 90d", "90d ", "1D", "99999999999999999999d", "9999999w"}) {
+    for (const char *bad : {"", "d", "90", "0d", "0h0m", "-1d", "+1d", "1x", "1.5d", "90 d", " 90d",
+                            "90d ", "1D", "99999999999999999999d", "9999999w"}) {
         EXPECT_FALSE(parse_duration(bad).has_value()) << '"' << bad << '"';
     }
 }
@@ -27,7 +27,8 @@ TEST(CliDuration, Rejected) {
 TEST(CliDuration, TimeOrDuration) {
     const std::int64_t now = 1793491200;  // 2026-11-01T00:00:00Z
     EXPECT_EQ(parse_time_or_duration("90d", now), now + 90 * 86400);
-    EXPECT_EQ(parse_time_or_duration("2027-01-30T00:00:00Z", now), parse_timestamp("2027-01-30T00:00:00Z"));
+    EXPECT_EQ(parse_time_or_duration("2027-01-30T00:00:00Z", now),
+              parse_timestamp("2027-01-30T00:00:00Z"));
     EXPECT_EQ(parse_time_or_duration("2027-01-30", now), parse_timestamp("2027-01-30"));
     EXPECT_EQ(parse_time_or_duration("2027-01-30T02:00:00+02:00", now),
               parse_timestamp("2027-01-30T00:00:00Z"));

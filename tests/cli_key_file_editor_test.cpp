@@ -25,6 +25,7 @@ const std::string H3 = hash_of("jfi_sk_live_3333333333333333333333333333");
 constexpr std::int64_t T = 1795000000;  // 2026-11-18T11:06:40Z
 
 // Three records in the style t/harness.py writes, comments included.
+// clang-format off
 const std::string kThree =
     "# written by hand\n"
     "version: 1\n"
@@ -46,6 +47,7 @@ const std::string kThree =
     "    hash: " + H3 + "\n"
     "    owner: user_3\n"
     "    limits: {write: 5r/s}\n";
+// clang-format on
 
 KeySpec new_spec(const std::string &id = "key_new") {
     KeySpec s;
@@ -74,6 +76,7 @@ TEST(CliEditorAppend, KeepsExistingBytes) {
     ed.append_record(new_spec(), std::string("jfi_sk_live_"));
     const std::string &t = ed.text();
     ASSERT_EQ(t.substr(0, kThree.size()), kThree) << "every existing byte is kept";
+    // clang-format off
     EXPECT_EQ(t.substr(kThree.size()),
               "  - id: key_new\n"
               "    hash: " + hash_of("jfi_sk_live_key_new_0000000000000000000000000") + "\n"
@@ -84,6 +87,7 @@ TEST(CliEditorAppend, KeepsExistingBytes) {
               "    created_at: 2026-11-18T11:06:40Z\n"
               "    limits: {write: 500r/m}\n"
               "    # prefix: jfi_sk_live_\n");
+    // clang-format on
     ASSERT_EQ(ed.model().records.size(), 4u);
     EXPECT_EQ(ed.model().records[3].id, "key_new");
     EXPECT_EQ(ed.model().records[3].fingerprint, fingerprint(new_spec()));
@@ -203,8 +207,8 @@ TEST(CliEditorRevoke, FirstAndLastRecords) {
 
 TEST(CliEditorRevoke, FillsANullRevokedAtInPlace) {
     for (const std::string null_form : {"revoked_at:", "revoked_at: ~", "revoked_at: null"}) {
-        const std::string text = "version: 1\nkeys:\n  - id: key_a\n    hash: " + H1 +
-                                 "\n    " + null_form + "\n    owner: u\n";
+        const std::string text = "version: 1\nkeys:\n  - id: key_a\n    hash: " + H1 + "\n    " +
+                                 null_form + "\n    owner: u\n";
         KeyFileEditor ed(text);
         ed.revoke("key_a", T);
         EXPECT_EQ(ed.text(), "version: 1\nkeys:\n  - id: key_a\n    hash: " + H1 +
@@ -212,8 +216,8 @@ TEST(CliEditorRevoke, FillsANullRevokedAtInPlace) {
             << null_form;
     }
     // the null field first, on the "- " line
-    const std::string text = "version: 1\nkeys:\n  - revoked_at: ~\n    id: key_a\n    hash: " + H1 +
-                             "\n    owner: u\n";
+    const std::string text =
+        "version: 1\nkeys:\n  - revoked_at: ~\n    id: key_a\n    hash: " + H1 + "\n    owner: u\n";
     KeyFileEditor ed(text);
     ed.revoke("key_a", T);
     const std::string head = "version: 1\nkeys:\n  - revoked_at: 2026-11-18T11:06:40Z\n";
@@ -221,9 +225,11 @@ TEST(CliEditorRevoke, FillsANullRevokedAtInPlace) {
 }
 
 TEST(CliEditorRevoke, AfterABlockList) {
+    // clang-format off
     const std::string text = "version: 1\nkeys:\n  - id: key_a\n    hash: " + H1 +
                              "\n    owner: u\n    scopes:\n      - a:read\n      - b:read\n"
                              "  - id: key_b\n    hash: " + H2 + "\n    owner: u\n";
+    // clang-format on
     KeyFileEditor ed(text);
     ed.revoke("key_a", T);
     expect_insert(text, ed.text(), text.find("  - id: key_b"),
@@ -314,17 +320,24 @@ TEST(CliEditorRevoke, ARevocationAlreadyInForceKeepsItsTime) {
 }
 
 TEST(CliEditorRevoke, ReplacingAScheduleKeepsTheCommentAndSpacingAroundIt) {
-    KeyFileEditor ed(one_record("    revoked_at:   \"2099-01-01T00:00:00Z\"   # planned cut-over\n"));
+    KeyFileEditor ed(
+        one_record("    revoked_at:   \"2099-01-01T00:00:00Z\"   # planned cut-over\n"));
     ed.revoke("key_a", T);
-    EXPECT_EQ(ed.text(), one_record("    revoked_at:   2026-11-18T11:06:40Z   # planned cut-over\n"));
+    EXPECT_EQ(ed.text(),
+              one_record("    revoked_at:   2026-11-18T11:06:40Z   # planned cut-over\n"));
 
     // on the "- " line, plain, with a comment
-    const std::string text = "version: 1\nkeys:\n  - revoked_at: 2099-01-01 # later\n    id: key_a\n"
-                             "    hash: " + H1 + "\n    owner: u\n";
+    // clang-format off
+    const std::string text = "version: 1\nkeys:\n"
+                             "  - revoked_at: 2099-01-01 # later\n"
+                             "    id: key_a\n    hash: " + H1 + "\n    owner: u\n";
+    // clang-format on
     KeyFileEditor dash(text);
     dash.revoke("key_a", T);
+    // clang-format off
     EXPECT_EQ(dash.text(), "version: 1\nkeys:\n  - revoked_at: 2026-11-18T11:06:40Z # later\n"
                            "    id: key_a\n    hash: " + H1 + "\n    owner: u\n");
+    // clang-format on
 }
 
 TEST(CliEditorRevoke, AMixedListRevokesTheRevocableOnesAndReportsTheRest) {
@@ -369,8 +382,10 @@ TEST(CliEditorRevoke, NothingRevocableLeavesTheTextAlone) {
 }
 
 TEST(CliEditorRevoke, ARecordItCannotEditDoesNotHoldBackTheOthers) {
+    // clang-format off
     const std::string text = "version: 1\nkeys:\n  - {id: key_a, hash: " + H1 + ", owner: u}\n"
                              "  - id: key_b\n    hash: " + H2 + "\n    owner: u\n";
+    // clang-format on
     KeyFileEditor ed(text);
     const auto out = ed.revoke_all({"key_a", "key_b"}, T);
     EXPECT_EQ(out[0].status, RevokeOutcome::Status::refused);
@@ -382,8 +397,10 @@ TEST(CliEditorRevoke, ARecordItCannotEditDoesNotHoldBackTheOthers) {
 TEST(CliEditorRevoke, ALayoutThatDefeatsTheEditIsNamedAndTheRestStillRevoked) {
     // the scheduled time on a line of its own: filling "revoked_at:" would
     // make a two-line scalar, which the re-read refuses
+    // clang-format off
     const std::string a = "  - id: key_a\n    hash: " + H1 + "\n    owner: u\n"
                           "    revoked_at:\n      2099-01-01T00:00:00Z\n";
+    // clang-format on
     const std::string b = "  - id: key_b\n    hash: " + H2 + "\n    owner: u\n";
     const std::string text = "version: 1\nkeys:\n" + a + b;
     KeyFileEditor ed(text);

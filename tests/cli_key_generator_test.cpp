@@ -79,9 +79,7 @@ TEST(CliKeyGenerator, RejectedBytesAreSkipped) {
     EXPECT_EQ(calls, 2) << "an all-rejected batch is followed by another";
 }
 
-TEST(CliKeyGenerator, BadAlphabet) {
-    EXPECT_THROW(random_string("a", 3), std::invalid_argument);
-}
+TEST(CliKeyGenerator, BadAlphabet) { EXPECT_THROW(random_string("a", 3), std::invalid_argument); }
 
 }  // namespace
 }  // namespace apikey::cli

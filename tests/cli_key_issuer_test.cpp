@@ -75,11 +75,10 @@ TEST(CliIssueKey, KeyOpensItsRecord) {
     EXPECT_EQ(ed.text().find(k.key), std::string::npos) << "the key itself is never written";
 
     const KeyTable table = ed.model().image.table();
-    Environment env;
-    Digest d;
-    ASSERT_EQ(identify_key(table, k.key, env, d), Outcome::accepted);
-    EXPECT_EQ(env, Environment::test);
-    const KeyRecord *r = table.find(d);
+    const Identity id = identify_key(table, k.key);
+    ASSERT_EQ(id.outcome, Outcome::accepted);
+    EXPECT_EQ(id.environment, Environment::test);
+    const KeyRecord *r = table.find(id.digest);
     ASSERT_NE(r, nullptr);
     EXPECT_EQ(table.text(r->id), k.id);
 }

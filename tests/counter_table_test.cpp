@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -25,9 +26,10 @@ constexpr std::int64_t kBase = 1'767'225'600'000;  // 2026-01-01T00:00:00Z in ms
 constexpr std::uint32_t kSecond = 1000;
 constexpr std::uint32_t kMinute = 60'000;
 constexpr std::uint32_t kHour = 3'600'000;
+constexpr std::uint32_t kDay = 86'400'000;
 constexpr std::uint64_t kNoSlot = ~std::uint64_t{0};
 constexpr std::size_t kHeaderBytes = 32;  // sizeof(CounterTableHeader), slot-aligned
-constexpr std::size_t kSlotBytes = 104;   // sizeof(CounterSlot), as the README states
+constexpr std::size_t kSlotBytes = 248;   // sizeof(CounterSlot), as the README states
 
 // Memory for a table of exactly `slots` counters, 8-byte aligned like a zone.
 struct Zone {
@@ -39,9 +41,7 @@ struct Zone {
     std::vector<std::uint64_t> words;
 };
 
-std::uint32_t self() {
-    return static_cast<std::uint32_t>(getpid());
-}
+std::uint32_t self() { return static_cast<std::uint32_t>(getpid()); }
 
 // A budget id whose home slot in a table of `capacity` is `home`
 // (home() maps an id to (id * capacity) >> 64).
@@ -64,6 +64,8 @@ TEST(CounterTable, LayoutAndCapacity) {
     ASSERT_TRUE(table.valid());
     EXPECT_EQ(table.capacity(), 4u);
     EXPECT_EQ(table.evicted_active(), 0u);
+    // The README's sizing: a 10m zone (10 MiB, nginx's "m").
+    EXPECT_EQ(CounterTable::capacity_for(10u << 20), 42'281u);
 }
 
 // A reload with an unchanged zone: the new cycle adopts the memory the old
@@ -122,13 +124,51 @@ TEST(CounterTable, AdoptAcceptsTheSameLayout) {
     EXPECT_EQ(t.capacity(), 64u);
 }
 
-// A zone formatted by the previous layout (32-bit pid lock words) is not
-// adopted: the caller formats it afresh.
-TEST(CounterTable, AdoptRefusesTheOldLayout) {
-    Zone zone(64);
-    ASSERT_TRUE(CounterTable::format(zone.memory(), zone.bytes).valid());
-    static_cast<CounterTableHeader *>(zone.memory())->layout_version = 1;
-    EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes).valid());
+// A zone formatted by an earlier layout (1: 32-bit pid lock words; 2: the
+// 16-bucket window of 104-byte slots) is not adopted: the caller formats it
+// afresh.
+TEST(CounterTable, AdoptRefusesOldLayouts) {
+    for (std::uint32_t old : {1u, 2u}) {
+        Zone zone(64);
+        ASSERT_TRUE(CounterTable::format(zone.memory(), zone.bytes).valid());
+        static_cast<CounterTableHeader *>(zone.memory())->layout_version = old;
+        EXPECT_FALSE(CounterTable::adopt(zone.memory(), zone.bytes).valid()) << old;
+    }
+}
+
+// Per-day counters live as long as the zone: a reload that keeps the zone
+// (same name and size: adopt) keeps them, to the millisecond; a restart
+// gives a new, empty zone (format) and they start over.
+TEST(CounterTable, PerDayCountersSurviveAdoption) {
+    Zone zone(256);
+    const std::uint64_t exact = budget_id('k', "key_day", "write", kDay);
+    const std::uint64_t bucketed = budget_id('o', "owner_day", "read", kDay);
+    const WindowLimit small{10, kDay}, large{5000, kDay};
+    {
+        CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
+        for (int i = 0; i < 10; i++) {
+            ASSERT_TRUE(table.consume(exact, small, kBase + i * 3'600'000LL, true, self())
+                            .decision.allowed);
+        }
+        for (int i = 0; i < 5000; i++) {
+            ASSERT_TRUE(table.consume(bucketed, large, kBase + i, true, self()).decision.allowed);
+        }
+    }
+    CounterTable adopted = CounterTable::adopt(zone.memory(), zone.bytes);
+    ASSERT_TRUE(adopted.valid());
+    const std::int64_t later = kBase + 20 * 3'600'000LL;  // 20 h on
+    const CounterResult r = adopted.consume(exact, small, later, true, self());
+    EXPECT_FALSE(r.decision.allowed);
+    EXPECT_EQ(r.decision.retry_after_s, 4u * 3600u);  // the first leaves a day after it came
+    const CounterResult b = adopted.consume(bucketed, large, later, true, self());
+    EXPECT_FALSE(b.decision.allowed);
+    EXPECT_GE(b.decision.retry_after_s, 4u * 3600u);
+    EXPECT_LE(b.decision.retry_after_s, 4u * 3600u + 1 + kDay / 50 / 1000);
+    EXPECT_TRUE(adopted.consume(exact, small, kBase + kDay, true, self()).decision.allowed);
+
+    CounterTable restarted = CounterTable::format(zone.memory(), zone.bytes);
+    EXPECT_TRUE(restarted.consume(exact, small, later, true, self()).decision.allowed);
+    EXPECT_EQ(restarted.consume(bucketed, large, later, true, self()).decision.remaining, 4999u);
 }
 
 // A worker that died holding a counter's lock, or the claim lock, does not
@@ -149,9 +189,9 @@ TEST(CounterTable, LocksLeftByADeadProcessAreTakenOver) {
     slots[first.slot].lock = dead;
     static_cast<CounterTableHeader *>(zone.memory())->claim_lock = dead;
     EXPECT_EQ(table.consume(b, limit, kBase, true, self_id).decision.remaining, 3u);
-    EXPECT_TRUE(table.consume(budget_id('k', "key_new", "read", kMinute), limit, kBase, true,
-                              self_id)
-                    .decision.allowed);
+    EXPECT_TRUE(
+        table.consume(budget_id('k', "key_new", "read", kMinute), limit, kBase, true, self_id)
+            .decision.allowed);
     EXPECT_EQ(slots[first.slot].lock, 0u);
 }
 
@@ -387,9 +427,9 @@ TEST(CounterTable, DryRunNeverCreatesACounter) {
     }
     EXPECT_EQ(zone.words, blank);
     for (int i = 0; i < 4; i++) {
-        const CounterResult r =
-            table.consume(budget_id('k', "real_" + std::to_string(i), "read", kMinute), limit,
-                          kBase + 500, true, self());
+        const CounterResult r = table.consume(
+            budget_id('k', "real_" + std::to_string(i), "read", kMinute), limit, kBase + 500, true,
+            self());
         EXPECT_TRUE(r.decision.allowed);
         EXPECT_FALSE(r.evicted_active);
     }
@@ -467,24 +507,27 @@ TEST(CounterTable, ExpiredCountersAreReusedFirstWithoutReport) {
     EXPECT_EQ(table.consume(secondly, {10, kSecond}, later, false, self()).slot, kNoSlot);
 }
 
-// Expiry is "idle longer than the period" at bucket precision: a counter is
-// reusable once its newest bucket has left the ring (16 buckets after it
-// started), not before.
+// A counter is reusable once its newest request has left the window: a
+// period after it came (an exact limit), or a period after the last ms of
+// its bucket (a limit over 16), not before.
 TEST(CounterTable, ACounterExpiresWhenItsWindowHasEmptied) {
-    const WindowLimit per_second{10, kSecond};
-    const std::int64_t w = window_bucket_ms(per_second);
-    const std::int64_t t0 = (kBase / w + 1) * w;  // start of a bucket
-    for (const std::int64_t after : {16 * w - 1, 16 * w}) {
-        Zone zone(4);
-        CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
-        table.consume(budget_id('k', "old", "read", kSecond), per_second, t0, true, self());
-        for (int i = 0; i < 3; i++) {
-            table.consume(budget_id('k', "busy" + std::to_string(i), "read", kHour), {10, kHour},
-                          t0 + 1, true, self());
+    for (std::uint32_t count : {10u, 100u}) {
+        const WindowLimit per_second{count, kSecond};
+        const std::int64_t w = std::max<std::int64_t>(1, window_bucket_ms(per_second));
+        const std::int64_t t0 = (kBase / w + 1) * w;  // start of a bucket
+        const std::int64_t gone = count <= kExactLimit ? kSecond : w - 1 + kSecond;
+        for (const std::int64_t after : {gone - 1, gone}) {
+            Zone zone(4);
+            CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
+            table.consume(budget_id('k', "old", "read", kSecond), per_second, t0, true, self());
+            for (int i = 0; i < 3; i++) {
+                table.consume(budget_id('k', "busy" + std::to_string(i), "read", kHour),
+                              {10, kHour}, t0 + 1, true, self());
+            }
+            const CounterResult r = table.consume(budget_id('k', "newcomer", "read", kHour),
+                                                  {10, kHour}, t0 + after, true, self());
+            EXPECT_EQ(r.evicted_active, after < gone) << count << " " << after;
         }
-        const CounterResult r = table.consume(budget_id('k', "newcomer", "read", kHour),
-                                              {10, kHour}, t0 + after, true, self());
-        EXPECT_EQ(r.evicted_active, after < 16 * w) << after;
     }
 }
 
@@ -501,19 +544,19 @@ TEST(CounterTable, EvictionOnlyWhenTheWholeProbeWindowIsActive) {
         CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
         // kProbe budgets all homed at slot 10 fill slots 10..25.
         for (unsigned i = 0; i < kProbe; i++) {
-            const CounterResult r =
-                table.consume(budget_at(10, kCap, i), hourly, kBase + i, true, self());
+            const CounterResult r = table.consume(budget_at(10, kCap, i), hourly, kBase + i, true,
+                                                  self());
             ASSERT_FALSE(r.evicted_active);
             ASSERT_EQ(r.slot, 10 + i);
         }
         // Homed at 11: slot 26 is free, within its window.
-        const CounterResult near =
-            table.consume(budget_at(11, kCap), hourly, kBase + 100, true, self());
+        const CounterResult near = table.consume(budget_at(11, kCap), hourly, kBase + 100, true,
+                                                 self());
         EXPECT_FALSE(near.evicted_active);
         EXPECT_EQ(near.slot, 26u);
         // Homed at 10 again: all 16 active, the least recently used goes.
-        const CounterResult full =
-            table.consume(budget_at(10, kCap, kProbe), hourly, kBase + 200, true, self());
+        const CounterResult full = table.consume(budget_at(10, kCap, kProbe), hourly, kBase + 200,
+                                                 true, self());
         EXPECT_TRUE(full.evicted_active);
         EXPECT_EQ(full.slot, 10u);
         EXPECT_EQ(table.evicted_active(), 1u);
@@ -527,8 +570,8 @@ TEST(CounterTable, EvictionOnlyWhenTheWholeProbeWindowIsActive) {
             table.consume(budget_at(10, kCap, i), short_lived ? per_second : hourly,
                           kBase + 1000 + i, true, self());
         }
-        const CounterResult r =
-            table.consume(budget_at(10, kCap, kProbe), hourly, kBase + 10'000, true, self());
+        const CounterResult r = table.consume(budget_at(10, kCap, kProbe), hourly, kBase + 10'000,
+                                              true, self());
         EXPECT_FALSE(r.evicted_active);
         EXPECT_EQ(r.slot, 23u);
         EXPECT_EQ(table.evicted_active(), 0u);
@@ -600,8 +643,8 @@ TEST(CounterTable, DryRunDoesNotKeepAnExpiredCounterActive) {
     const std::int64_t later = kBase + 5000;  // the per-second counter has expired
     // A dry-run location looks at the per-second budget.
     ASSERT_TRUE(table.consume(secondly, {10, kSecond}, later, false, self()).decision.allowed);
-    const CounterResult r =
-        table.consume(budget_id('k', "new", "read", kMinute), {10, kMinute}, later, true, self());
+    const CounterResult r = table.consume(budget_id('k', "new", "read", kMinute), {10, kMinute},
+                                          later, true, self());
     EXPECT_FALSE(r.evicted_active);
     EXPECT_EQ(table.evicted_active(), 0u);
     EXPECT_NE(table.consume(hourly[0], {10, kHour}, later, false, self()).slot, kNoSlot)

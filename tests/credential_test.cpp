@@ -95,7 +95,9 @@ TEST(ParseBearer, Table) {
         {"   ", BearerParse::not_bearer, nullptr},
         {"xBearer abc", BearerParse::not_bearer, nullptr},
         {"Bearer\nabc", BearerParse::not_bearer, nullptr},  // only space and tab are blanks
+        // clang-format off
         {"B\xe5" "arer abc", BearerParse::not_bearer, nullptr},
+        // clang-format on
     };
     for (const BearerCase &c : cases) {
         std::string_view token = "untouched";

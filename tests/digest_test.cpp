@@ -51,8 +51,8 @@ TEST(Sha256, HashesEmbeddedNulAndHighBytes) {
 
 TEST(ParseDigest, AcceptsCanonicalForm) {
     Digest d{};
-    ASSERT_TRUE(parse_digest(
-        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", d));
+    ASSERT_TRUE(
+        parse_digest("sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", d));
     EXPECT_EQ(d, sha256("abc"));
     EXPECT_EQ(d[0], 0xba);
     EXPECT_EQ(d[1], 0x78);
@@ -70,11 +70,11 @@ TEST(ParseDigest, AcceptsAllZeroAndAllF) {
 
 TEST(ParseDigest, RejectsUpperCaseHex) {
     Digest d{};
-    EXPECT_FALSE(parse_digest(
-        "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", d));
+    EXPECT_FALSE(
+        parse_digest("sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD", d));
     // A single upper-case digit anywhere is enough.
-    EXPECT_FALSE(parse_digest(
-        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015aD", d));
+    EXPECT_FALSE(
+        parse_digest("sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015aD", d));
     EXPECT_FALSE(parse_digest("sha256:A" + std::string(63, '0'), d));
 }
 
@@ -91,7 +91,7 @@ TEST(ParseDigest, RejectsWrongLength) {
 TEST(ParseDigest, RejectsWrongPrefix) {
     Digest d{};
     const std::string hex(64, 'a');
-    EXPECT_FALSE(parse_digest(hex, d));                  // no prefix at all
+    EXPECT_FALSE(parse_digest(hex, d));  // no prefix at all
     EXPECT_FALSE(parse_digest("SHA256:" + hex, d));
     EXPECT_FALSE(parse_digest("sha512:" + hex, d));
     EXPECT_FALSE(parse_digest("sha256-" + hex, d));

@@ -2,117 +2,21 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/json.h"
+#include "support/strict_json.h"
 
 namespace apikey {
 namespace {
 
-// ---- An independent checker: decodes the contents of a JSON string (RFC 8259)
-// and refuses anything a strict parser would refuse.
-
-// Length of a valid UTF-8 sequence at s[i] (RFC 3629), 0 if invalid.
-std::size_t utf8_len(const std::string &s, std::size_t i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    std::size_t n;
-    std::uint32_t cp;
-    if (c < 0x80) return 1;
-    if ((c & 0xe0) == 0xc0) { n = 2; cp = c & 0x1f; }
-    else if ((c & 0xf0) == 0xe0) { n = 3; cp = c & 0x0f; }
-    else if ((c & 0xf8) == 0xf0) { n = 4; cp = c & 0x07; }
-    else return 0;
-    if (i + n > s.size()) return 0;
-    for (std::size_t k = 1; k < n; k++) {
-        const auto b = static_cast<unsigned char>(s[i + k]);
-        if ((b & 0xc0) != 0x80) return 0;
-        cp = cp << 6 | (b & 0x3f);
-    }
-    static const std::uint32_t min_for_len[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min_for_len[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-    return n;
-}
-
-void append_utf8(std::string &out, std::uint32_t cp) {
-    if (cp < 0x80) {
-        out += static_cast<char>(cp);
-    } else if (cp < 0x800) {
-        out += static_cast<char>(0xc0 | cp >> 6);
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-        out += static_cast<char>(0xe0 | cp >> 12);
-        out += static_cast<char>(0x80 | (cp >> 6 & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    } else {
-        out += static_cast<char>(0xf0 | cp >> 18);
-        out += static_cast<char>(0x80 | (cp >> 12 & 0x3f));
-        out += static_cast<char>(0x80 | (cp >> 6 & 0x3f));
-        out += static_cast<char>(0x80 | (cp & 0x3f));
-    }
-}
-
-std::optional<std::uint32_t> hex4(const std::string &s, std::size_t i) {
-    if (i + 4 > s.size()) return std::nullopt;
-    std::uint32_t v = 0;
-    for (std::size_t k = i; k < i + 4; k++) {
-        const char c = s[k];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= static_cast<std::uint32_t>(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= static_cast<std::uint32_t>(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= static_cast<std::uint32_t>(c - 'A' + 10);
-        else return std::nullopt;
-    }
-    return v;
-}
-
-// The decoded value of `"` + body + `"`, or nullopt if that is not a valid JSON string.
-std::optional<std::string> decode_json_string_body(const std::string &body) {
-    std::string out;
-    for (std::size_t i = 0; i < body.size();) {
-        const auto c = static_cast<unsigned char>(body[i]);
-        if (c < 0x20 || c == '"') return std::nullopt;
-        if (c != '\\') {
-            const std::size_t n = utf8_len(body, i);
-            if (n == 0) return std::nullopt;
-            out.append(body, i, n);
-            i += n;
-            continue;
-        }
-        if (++i >= body.size()) return std::nullopt;
-        const char e = body[i++];
-        switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-            auto v = hex4(body, i);
-            if (!v) return std::nullopt;
-            i += 4;
-            std::uint32_t cp = *v;
-            if (cp >= 0xdc00 && cp <= 0xdfff) return std::nullopt;  // lone low surrogate
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                if (i + 6 > body.size() || body[i] != '\\' || body[i + 1] != 'u') return std::nullopt;
-                auto lo = hex4(body, i + 2);
-                if (!lo || *lo < 0xdc00 || *lo > 0xdfff) return std::nullopt;
-                i += 6;
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (*lo - 0xdc00);
-            }
-            append_utf8(out, cp);
-            break;
-        }
-        default: return std::nullopt;
-        }
-    }
-    return out;
-}
+// The independent checker (tests/support/strict_json.h, tested in
+// strict_json_test.cpp): decodes what json_escape writes and refuses anything
+// a strict parser would refuse.
+using strict_json::decode_string_body;
+using strict_json::utf8_len;
 
 std::string escape(const std::string &s) {
     std::vector<char> buf(json_escaped_max(s.size()) + 1);
@@ -122,22 +26,6 @@ std::string escape(const std::string &s) {
 }
 
 const std::string kReplacement = "\xef\xbf\xbd";  // U+FFFD in UTF-8
-
-// ---- Tests of the checker itself, so that it cannot pass everything.
-
-TEST(JsonChecker, RefusesWhatIsNotJson) {
-    EXPECT_FALSE(decode_json_string_body("a\"b"));
-    EXPECT_FALSE(decode_json_string_body("a\nb"));
-    EXPECT_FALSE(decode_json_string_body("a\\"));
-    EXPECT_FALSE(decode_json_string_body("\\x41"));
-    EXPECT_FALSE(decode_json_string_body("\\u12"));
-    EXPECT_FALSE(decode_json_string_body("\xff"));
-    EXPECT_FALSE(decode_json_string_body("\xc0\xaf"));
-    EXPECT_FALSE(decode_json_string_body("\xed\xa0\x80"));
-    EXPECT_FALSE(decode_json_string_body("\\ud800"));
-    EXPECT_EQ(decode_json_string_body("a\\u00e9\\\"\\\\\\n"), "a\xc3\xa9\"\\\n");
-    EXPECT_EQ(decode_json_string_body("\\ud834\\udd1e"), "\xf0\x9d\x84\x9e");
-}
 
 // ---- json_escape
 
@@ -176,18 +64,18 @@ TEST(JsonEscape, ControlBytesBecomeUnicodeEscapes) {
 
 TEST(JsonEscape, ValidMultiByteUtf8PassesThrough) {
     for (const char *s : {
-             "\xc3\xa9",                // é U+00E9
-             "\xc2\x80",                // U+0080, smallest 2-byte
-             "\xdf\xbf",                // U+07FF, largest 2-byte
-             "\xe0\xa0\x80",            // U+0800, smallest 3-byte
-             "\xe2\x82\xac",            // € U+20AC
-             "\xed\x9f\xbf",            // U+D7FF, just below the surrogates
-             "\xee\x80\x80",            // U+E000, just above them
-             "\xef\xbf\xbf",            // U+FFFF
-             "\xef\xbf\xbd",            // U+FFFD itself
-             "\xf0\x90\x80\x80",        // U+10000, smallest 4-byte
-             "\xf0\x9d\x84\x9e",        // 𝄞 U+1D11E
-             "\xf4\x8f\xbf\xbf",        // U+10FFFF, the largest
+             "\xc3\xa9",                              // é U+00E9
+             "\xc2\x80",                              // U+0080, smallest 2-byte
+             "\xdf\xbf",                              // U+07FF, largest 2-byte
+             "\xe0\xa0\x80",                          // U+0800, smallest 3-byte
+             "\xe2\x82\xac",                          // € U+20AC
+             "\xed\x9f\xbf",                          // U+D7FF, just below the surrogates
+             "\xee\x80\x80",                          // U+E000, just above them
+             "\xef\xbf\xbf",                          // U+FFFF
+             "\xef\xbf\xbd",                          // U+FFFD itself
+             "\xf0\x90\x80\x80",                      // U+10000, smallest 4-byte
+             "\xf0\x9d\x84\x9e",                      // 𝄞 U+1D11E
+             "\xf4\x8f\xbf\xbf",                      // U+10FFFF, the largest
              "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e",  // 日本語
              "scope:\xc3\xa9t\xc3\xa9",
          }) {
@@ -231,7 +119,7 @@ TEST(JsonEscape, InvalidSequencesBecomeReplacementAndAreNotCopied) {
     for (const Case &c : cases) {
         const std::string in = "<" + c.bytes + ">";
         const std::string out = escape(in);
-        auto decoded = decode_json_string_body(out);
+        auto decoded = decode_string_body(out);
         ASSERT_TRUE(decoded) << c.what << ": " << out;
         // Everything that is not ASCII came back as U+FFFD, at least once.
         std::string stripped;
@@ -282,7 +170,7 @@ void check_bounded_and_valid(const std::string &in) {
     for (std::size_t i = n; i < buf.size(); i++) {
         ASSERT_EQ(buf[i], '#') << "wrote past the returned length at " << i;
     }
-    ASSERT_TRUE(decode_json_string_body(std::string(buf.data(), n)))
+    ASSERT_TRUE(decode_string_body(std::string(buf.data(), n)))
         << "invalid JSON for input of " << in.size() << " bytes";
 }
 

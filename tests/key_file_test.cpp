@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "core/key_file.h"
+#include "core/limit_policy.h"
+#include "core/table_builder.h"
 
 namespace apikey {
 namespace {
@@ -57,7 +59,8 @@ void expect_error(const std::string &yaml, std::uint32_t line, const std::string
     } catch (const KeyFileError &e) {
         EXPECT_EQ(e.line(), line) << e.what() << "\n" << yaml;
         EXPECT_NE(std::string(e.what()).find(reason), std::string::npos)
-            << "reason \"" << e.what() << "\" lacks \"" << reason << "\"\n" << yaml;
+            << "reason \"" << e.what() << "\" lacks \"" << reason << "\"\n"
+            << yaml;
     } catch (const std::exception &e) {
         ADD_FAILURE() << "not a KeyFileError: " << e.what() << "\n" << yaml;
     }
@@ -66,40 +69,46 @@ void expect_error(const std::string &yaml, std::uint32_t line, const std::string
 // A file with one valid key whose record starts on line 3, plus `extra`
 // fields from line 6 on.
 std::string one_key(const std::string &extra = "") {
-    return "version: 1\n"            // 1
-           "keys:\n"                 // 2
-           "  - id: key_a\n"         // 3
-           "    hash: " + kHashAbc + "\n"  // 4
-           "    owner: user_1\n"     // 5
-           + extra;                  // 6...
+    return "version: 1\n"     // 1
+           "keys:\n"          // 2
+           "  - id: key_a\n"  // 3
+           "    hash: " +
+           kHashAbc +
+           "\n"                   // 4
+           "    owner: user_1\n"  // 5
+           + extra;               // 6...
 }
 
 TEST(ReadKeyFile, SpecExample) {
     const std::string yaml =
-        "version: 1\n"                                   // 1
-        "prefixes:                 # optional\n"         // 2
-        "  jfi_sk_live_: live      # prefix -> env\n"    // 3
-        "  jfi_sk_test_: test\n"                         // 4
-        "  wfk_: live\n"                                 // 5
-        "keys:\n"                                        // 6
-        "  - id: key_4f9a1c        # public\n"           // 7
-        "    hash: " + kHashAbc + "\n"                   // 8
-        "    owner: user_42\n"                           // 9
-        "    organization_id: org_7\n"                   // 10
-        "    plan: pro\n"                                // 11
-        "    scopes: [diagrams:read, folders:read]\n"    // 12
-        "    created_at: 2026-11-01T00:00:00Z\n"         // 13
-        "    expires_at: 2027-01-30T00:00:00Z\n"         // 14
-        "    revoked_at: 2026-11-20T10:00:00Z\n"         // 15
-        "    limits: {write: 500r/m}\n"                  // 16
-        "  - id: key_personal\n"                         // 17
-        "    hash: " + kHashEmpty + "\n"                 // 18
-        "    owner: user_43\n"                           // 19
-        "    scopes:\n"                                  // 20
-        "      - diagrams:write\n"                       // 21
-        "    limits:\n"                                  // 22
-        "      read: 10r/s\n"                            // 23
-        "      execute: 3r/h\n";                         // 24
+        "version: 1\n"                                 // 1
+        "prefixes:                 # optional\n"       // 2
+        "  jfi_sk_live_: live      # prefix -> env\n"  // 3
+        "  jfi_sk_test_: test\n"                       // 4
+        "  wfk_: live\n"                               // 5
+        "keys:\n"                                      // 6
+        "  - id: key_4f9a1c        # public\n"         // 7
+        "    hash: " +
+        kHashAbc +
+        "\n"                                           // 8
+        "    owner: user_42\n"                         // 9
+        "    organization_id: org_7\n"                 // 10
+        "    plan: pro\n"                              // 11
+        "    scopes: [diagrams:read, folders:read]\n"  // 12
+        "    created_at: 2026-11-01T00:00:00Z\n"       // 13
+        "    expires_at: 2027-01-30T00:00:00Z\n"       // 14
+        "    revoked_at: 2026-11-20T10:00:00Z\n"       // 15
+        "    limits: {write: 500r/m}\n"                // 16
+        "  - id: key_personal\n"                       // 17
+        "    hash: " +
+        kHashEmpty +
+        "\n"                        // 18
+        "    owner: user_43\n"      // 19
+        "    scopes:\n"             // 20
+        "      - diagrams:write\n"  // 21
+        "    limits:\n"             // 22
+        "      read: 10r/s\n"       // 23
+        "      execute: 3r/h\n";    // 24
     RecordingSink s = read(yaml);
 
     ASSERT_EQ(s.prefixes.size(), 3u);
@@ -165,9 +174,10 @@ TEST(ReadKeyFile, FieldsInAnyOrderAndFlowStyle) {
 }
 
 TEST(ReadKeyFile, TimestampsWithOffsetsFractionsAndDates) {
-    RecordingSink s = read(one_key("    created_at: 2026-11-01T02:00:00.250+02:00\n"
-                                   "    expires_at: 2027-01-30\n"
-                                   "    revoked_at: \"2026-11-20T04:30:00-05:30\"\n"));
+    RecordingSink s = read(
+        one_key("    created_at: 2026-11-01T02:00:00.250+02:00\n"
+                "    expires_at: 2027-01-30\n"
+                "    revoked_at: \"2026-11-20T04:30:00-05:30\"\n"));
     ASSERT_EQ(s.keys.size(), 1u);
     EXPECT_EQ(s.keys[0].created_at, 1793491200);
     EXPECT_EQ(s.keys[0].expires_at, 1801267200);
@@ -175,8 +185,8 @@ TEST(ReadKeyFile, TimestampsWithOffsetsFractionsAndDates) {
 }
 
 TEST(ReadKeyFile, NullOrganizationIsAPersonalKey) {
-    for (const char *org : {"    organization_id: null\n", "    organization_id: ~\n",
-                            "    organization_id:\n"}) {
+    for (const char *org :
+         {"    organization_id: null\n", "    organization_id: ~\n", "    organization_id:\n"}) {
         RecordingSink s = read(one_key(org));
         ASSERT_EQ(s.keys.size(), 1u) << org;
         EXPECT_EQ(s.keys[0].organization, "") << org;
@@ -209,9 +219,7 @@ TEST(ReadKeyFile, EmptyKeyLists) {
     EXPECT_TRUE(read("version: 1\nprefixes: {}\n").prefixes.empty());
 }
 
-TEST(ReadKeyFile, QuotedVersionOneIsOne) {
-    EXPECT_NO_THROW(read("version: \"1\"\nkeys: []\n"));
-}
+TEST(ReadKeyFile, QuotedVersionOneIsOne) { EXPECT_NO_THROW(read("version: \"1\"\nkeys: []\n")); }
 
 // ---- Syntax and structure
 
@@ -328,13 +336,14 @@ TEST(ReadKeyFile, EmptyValueErrorsNameTheFieldLine) {
 TEST(ReadKeyFile, BadHashes) {
     const std::string head = "version: 1\nkeys:\n  - id: key_a\n    owner: o\n";  // hash on line 5
     std::string upper = kHashAbc;
-    for (std::size_t i = 7; i < upper.size(); i++) upper[i] = static_cast<char>(std::toupper(upper[i]));
+    for (std::size_t i = 7; i < upper.size(); i++)
+        upper[i] = static_cast<char>(std::toupper(upper[i]));
     for (const std::string &bad : {
-             upper,                                 // upper-case hex
+             upper,                                    // upper-case hex
              kHashAbc.substr(0, kHashAbc.size() - 1),  // 63 digits
-             kHashAbc + "0",                        // 65 digits
-             kHashAbc.substr(7),                    // no prefix
-             "sha512:" + kHashAbc.substr(7),        // wrong prefix
+             kHashAbc + "0",                           // 65 digits
+             kHashAbc.substr(7),                       // no prefix
+             "sha512:" + kHashAbc.substr(7),           // wrong prefix
              std::string("md5:d41d8cd98f00b204e9800998ecf8427e"),
          }) {
         expect_error(head + "    hash: " + bad + "\n", 5, "\"hash\" must be \"sha256:\"");
@@ -373,7 +382,8 @@ TEST(ReadKeyFile, BadTimestamps) {
                  "\"expires_at\" is not a valid timestamp");
     expect_error(one_key("    plan: pro\n    created_at: 2026-11-01T00:00:00\n"), 7,
                  "\"created_at\" is not a valid timestamp");
-    expect_error(one_key("    revoked_at: yesterday\n"), 6, "\"revoked_at\" is not a valid timestamp");
+    expect_error(one_key("    revoked_at: yesterday\n"), 6,
+                 "\"revoked_at\" is not a valid timestamp");
     expect_error(one_key("    revoked_at: 1795168800\n"), 6, "not a valid timestamp");
     expect_error(one_key("    expires_at: 2026-11-20 10:00:00Z\n"), 6, "not a valid timestamp");
 }
@@ -388,19 +398,47 @@ TEST(ReadKeyFile, Prefixes) {
     expect_error("version: 1\nprefixes:\n  " + std::string(65, 'p') + ": live\n", 3,
                  "invalid prefix");
     expect_error("version: 1\nprefixes: [wfk_]\n", 2, "\"prefixes\" must be a map");
-    expect_error("version: 1\nprefixes:\n  wfk_: [live]\n", 3, "\"wfk_\" must be a string, not a list");
+    expect_error("version: 1\nprefixes:\n  wfk_: [live]\n", 3,
+                 "\"wfk_\" must be a string, not a list");
+}
+
+// Per-day rates in a key's limits: read, stored in the table (86,400 s fits
+// LimitOverride::period_seconds) and found as the key's effective rate.
+TEST(ReadKeyFile, PerDayLimits) {
+    RecordingSink s = read(one_key("    limits: {write: 50000r/d, read: 1000000000r/d}\n"));
+    ASSERT_EQ(s.keys.size(), 1u);
+    ASSERT_EQ(s.keys[0].limits.size(), 2u);
+    EXPECT_EQ(s.keys[0].limits[0].second.count, 50000u);
+    EXPECT_EQ(s.keys[0].limits[0].second.period_seconds, 86400u);
+    TableBuilder builder;
+    builder.add_key(s.keys[0]);
+    TableImage image = builder.build();
+    const KeyTable table = image.table();
+    const KeyRecord *record = table.find(s.keys[0].hash);
+    ASSERT_NE(record, nullptr);
+    const Rate write = effective_rate(table, *record, "write", Rate{10, 60});
+    EXPECT_EQ(write.count, 50000u);
+    EXPECT_EQ(write.period_seconds, 86400u);
+    const Rate read_rate = effective_rate(table, *record, "read", Rate{10, 60});
+    EXPECT_EQ(read_rate.count, 1000000000u);
+    EXPECT_EQ(read_rate.period_seconds, 86400u);
 }
 
 TEST(ReadKeyFile, Limits) {
-    expect_error(one_key("    limits: {write: 500r/d}\n"), 6, "invalid rate for category \"write\"");
+    expect_error(one_key("    limits: {write: 500r/w}\n"), 6,
+                 "invalid rate for category \"write\"");
+    expect_error(one_key("    limits: {write: 500r/D}\n"), 6,
+                 "invalid rate for category \"write\"");
     expect_error(one_key("    limits:\n      read: 10r/s\n      write: 0r/m\n"), 8,
                  "invalid rate for category \"write\"");
     expect_error(one_key("    limits: {write: }\n"), 6, "invalid rate");
     expect_error(one_key("    limits: {write: 5r/m, write: 6r/m}\n"), 6,
                  "duplicate limit category \"write\"");
-    expect_error(one_key("    limits: [write]\n"), 6, "\"limits\" must be a map of category to rate");
+    expect_error(one_key("    limits: [write]\n"), 6,
+                 "\"limits\" must be a map of category to rate");
     expect_error(one_key("    limits: 500r/m\n"), 6, "\"limits\" must be a map");
-    expect_error(one_key("    limits: {write: {a: b}}\n"), 6, "\"write\" must be a string, not a map");
+    expect_error(one_key("    limits: {write: {a: b}}\n"), 6,
+                 "\"write\" must be a string, not a map");
 }
 
 TEST(ReadKeyFile, KeysMustBeAListOfMaps) {
@@ -408,7 +446,8 @@ TEST(ReadKeyFile, KeysMustBeAListOfMaps) {
     expect_error("version: 1\nkeys: {id: a}\n", 2, "\"keys\" must be a list of key records");
     expect_error("version: 1\nkeys:\n  - key_a\n", 3, "each entry of \"keys\" must be a map");
     expect_error("version: 1\nkeys:\n  - [a]\n", 3, "each entry of \"keys\" must be a map");
-    expect_error("version: 1\nkeys:\n  - null\n", 3, "each entry of \"keys\" must be a map, not null");
+    expect_error("version: 1\nkeys:\n  - null\n", 3,
+                 "each entry of \"keys\" must be a map, not null");
 }
 
 TEST(ReadKeyFile, NullMapKeysAreRefused) {
@@ -442,7 +481,8 @@ TEST(ReadKeyFile, SinkSeesKeysInFileOrder) {
 class LoadKeyFile : public ::testing::Test {
 protected:
     void SetUp() override {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "key_file_test.XXXXXX").string();
+        std::string tmpl =
+            (std::filesystem::temp_directory_path() / "key_file_test.XXXXXX").string();
         ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
         dir_ = tmpl;
     }
@@ -476,12 +516,16 @@ protected:
 };
 
 TEST_F(LoadKeyFile, BuildsATable) {
-    const std::string path = write(
-        "keys.yaml", "version: 1\nprefixes:\n  wfk_: live\n  wfk_t_: test\nkeys:\n"
-                     "  - id: key_a\n    hash: " + kHashAbc + "\n    owner: user_1\n"
-                     "    scopes: [read]\n    plan: pro\n"
-                     "  - id: key_b\n    hash: " + kHashEmpty + "\n    owner: user_2\n"
-                     "    organization_id: null\n    scopes: [read, write]\n");
+    const std::string path = write("keys.yaml",
+                                   "version: 1\nprefixes:\n  wfk_: live\n  wfk_t_: test\nkeys:\n"
+                                   "  - id: key_a\n    hash: " +
+                                       kHashAbc +
+                                       "\n    owner: user_1\n"
+                                       "    scopes: [read]\n    plan: pro\n"
+                                       "  - id: key_b\n    hash: " +
+                                       kHashEmpty +
+                                       "\n    owner: user_2\n"
+                                       "    organization_id: null\n    scopes: [read, write]\n");
     TableImage image = load_key_file(path);
     KeyTable t = image.table();
     ASSERT_TRUE(t.valid());
@@ -565,8 +609,8 @@ TEST_F(LoadKeyFile, TooManyScopesNamesTheKey) {
     std::string yaml = "version: 1\nkeys:\n";
     std::uint32_t line = 3;
     for (int k = 0; k < 3; k++) {
-        yaml += "  - id: key_" + std::to_string(k) + "\n    hash: sha256:" +
-                std::string(63, '0') + std::to_string(k) + "\n    owner: o\n    scopes: [";
+        yaml += "  - id: key_" + std::to_string(k) + "\n    hash: sha256:" + std::string(63, '0') +
+                std::to_string(k) + "\n    owner: o\n    scopes: [";
         for (int s = 0; s < 50; s++) yaml += (s ? ", s" : "s") + std::to_string(k * 50 + s);
         yaml += "]\n";
         if (k < 2) line += 4;

@@ -24,7 +24,6 @@ KeySpec spec(std::uint32_t line, const std::string &key, const std::string &id,
     return s;
 }
 
-
 TEST(ScopeSet, SetTestAndContainsAcrossBothWords) {
     ScopeSet s{};
     for (unsigned bit : {0u, 5u, 63u, 64u, 100u, 127u}) s.set(bit);
@@ -242,8 +241,8 @@ TEST(KeyTable, MoreThanMaxScopesIsAnErrorOnTheLineThatAddsIt) {
 TEST(KeyTable, MoreThanMaxPlansIsAnError) {
     TableBuilder b;
     for (std::size_t i = 0; i < kMaxPlans; i++) {
-        KeySpec s = spec(static_cast<std::uint32_t>(i + 1), "plan_key_" + std::to_string(i) + "_0123456789",
-                         "k" + std::to_string(i));
+        KeySpec s = spec(static_cast<std::uint32_t>(i + 1),
+                         "plan_key_" + std::to_string(i) + "_0123456789", "k" + std::to_string(i));
         s.plan = "plan_" + std::to_string(i);
         b.add_key(s);
     }
@@ -260,7 +259,8 @@ TEST(KeyTable, MoreThanMaxPlansIsAnError) {
 TEST(KeyTable, SixtyFourPlansAllReadable) {
     TableBuilder b;
     for (std::size_t i = 0; i < kMaxPlans; i++) {
-        KeySpec s = spec(1, "plan_key_" + std::to_string(i) + "_0123456789", "k" + std::to_string(i));
+        KeySpec s = spec(1, "plan_key_" + std::to_string(i) + "_0123456789",
+                         "k" + std::to_string(i));
         s.plan = "plan_" + std::to_string(i);
         b.add_key(s);
     }

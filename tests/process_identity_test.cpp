@@ -91,8 +91,7 @@ TEST(ProcessIdentity, AForkedChildHasItsOwnIdentity) {
 }
 
 TEST(ProcessIdentity, ParenthesesAndSpacesInTheProcessNameDoNotShiftTheFields) {
-    ForkedChild child(ForkedChild::Then::stay,
-                      [] { prctl(PR_SET_NAME, "x) 1 2 (y) z"); });
+    ForkedChild child(ForkedChild::Then::stay, [] { prctl(PR_SET_NAME, "x) 1 2 (y) z"); });
     EXPECT_EQ(identity_start(child.identity()),
               static_cast<std::uint32_t>(start_ticks_of(child.pid())));
     EXPECT_TRUE(process_alive(child.identity()));

@@ -47,7 +47,8 @@ public:
 
     void release(void *p) noexcept override {
         std::lock_guard<std::mutex> lock(mutex_);
-        const std::size_t offset = static_cast<std::size_t>(static_cast<unsigned char *>(p) - memory_);
+        const std::size_t offset = static_cast<std::size_t>(static_cast<unsigned char *>(p) -
+                                                            memory_);
         auto it = live_.find(offset);
         if (it == live_.end()) {
             bad_frees_++;
@@ -312,8 +313,8 @@ TEST(SharedTables, ConcurrentReadersAndWritersNeverSeeAFreedTableOrLeakOne) {
             std::string error;
             for (unsigned v = 0; v < 60; v++) {
                 const unsigned keys = 10 + (v * 2 + w) % 30;
-                if (view.install(image_of(keys), file_version(1000 + v * 2 + w), "/k", config,
-                                 v, error) == InstallResult::installed) {
+                if (view.install(image_of(keys), file_version(1000 + v * 2 + w), "/k", config, v,
+                                 error) == InstallResult::installed) {
                     installed++;
                 }
                 view.reclaim();

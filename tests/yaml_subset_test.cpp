@@ -81,10 +81,11 @@ const char *const kInSubset[] = {
     "a: b",
     "a:",
     "key :   value\n",
-    "- a\n- b\n",  // not a key file, but valid YAML: the schema refuses it, not the reader
+    "- a\n- b\n",           // not a key file, but valid YAML: the schema refuses it, not the reader
     "l: {write : 5r/m}\n",  // blanks before a flow key's colon are not part of the key
 };
 
+// clang-format off
 const char *const kOutsideSubset[] = {
     "",                                // no document
     "# only a comment\n",
@@ -114,6 +115,7 @@ const char *const kOutsideSubset[] = {
     "a: [x?]\n",          // yaml-cpp ends a flow plain scalar at '?'
     "# caf\xc3\xa9\na: b\n",  // non-ASCII anywhere goes to yaml-cpp
 };
+// clang-format on
 
 TEST(YamlSubset, EmitsExactlyWhatYamlCppEmits) {
     for (const char *text : kInSubset) expect_same_events(text);
@@ -139,9 +141,10 @@ TEST(YamlSubset, RefusesANulEvenInAComment) {
 // subset reader accepts must match yaml-cpp event for event.
 TEST(YamlSubset, RandomKeyFilesMatchYamlCpp) {
     std::mt19937 rng(20261124);
-    const std::vector<std::string> scalars = {"a", "key_1", "sha256:0f", "x y", "null", "~",
-                                              "2026-11-01T00:00:00Z", "\"q\"", "'s'", "5r/m",
-                                              "a:b", "-x", "x:", "#c", "[a]", "{}", "\"a\\\"\""};
+    const std::vector<std::string> scalars = {
+        "a",     "key_1", "sha256:0f", "x y", "null", "~",  "2026-11-01T00:00:00Z",
+        "\"q\"", "'s'",   "5r/m",      "a:b", "-x",   "x:", "#c",
+        "[a]",   "{}",    "\"a\\\"\""};
     const std::vector<std::string> indents = {"", " ", "  ", "    "};
     auto pick = [&](const auto &v) { return v[rng() % v.size()]; };
     int accepted = 0;
@@ -158,7 +161,8 @@ TEST(YamlSubset, RandomKeyFilesMatchYamlCpp) {
                 switch (rng() % 4) {
                 case 0: text += field_indent + "owner: " + pick(scalars) + "\n"; break;
                 case 1:
-                    text += field_indent + "scopes: [" + pick(scalars) + ", " + pick(scalars) + "]\n";
+                    text += field_indent + "scopes: [" + pick(scalars) + ", " + pick(scalars) +
+                            "]\n";
                     break;
                 case 2:
                     text += field_indent + "limits:\n" + field_indent + "  " + pick(scalars) +

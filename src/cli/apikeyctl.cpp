@@ -211,8 +211,7 @@ struct Invocation {
 // Reads options in any order among the arguments ("--name value",
 // "--name=value", "-f value", "-fvalue"); "--" ends them.
 void parse_options(const std::vector<std::string> &argv, std::size_t from,
-                   const std::vector<OptionSpec> &specs, std::string_view where,
-                   Invocation &inv) {
+                   const std::vector<OptionSpec> &specs, std::string_view where, Invocation &inv) {
     auto find_long = [&](std::string_view name) -> const OptionSpec * {
         for (const OptionSpec &o : specs) {
             if (o.name == name) return &o;
@@ -320,7 +319,8 @@ std::optional<std::string> prefix_option(const Invocation &inv) {
     // file allows for a prefix (64 characters).
     bool ok = p->size() <= 64;
     for (char c : *p) {
-        const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        const bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                           (c >= 'A' && c <= 'Z');
         if (!alnum && std::string_view("-._~+/=").find(c) == std::string_view::npos) ok = false;
     }
     if (!ok) {
@@ -364,8 +364,10 @@ int cmd_create(const Invocation &inv) {
     auto owner = inv.value("owner");
     if (!owner) throw UsageError("create: --owner is required");
     req.attributes.owner = identifier("--owner", *owner);
-    if (auto org = inv.value("organization")) req.attributes.organization = identifier("--organization", *org);
-    if (auto org = inv.value("org")) req.attributes.organization = identifier("--organization", *org);
+    if (auto org = inv.value("organization"))
+        req.attributes.organization = identifier("--organization", *org);
+    if (auto org = inv.value("org"))
+        req.attributes.organization = identifier("--organization", *org);
     if (auto plan = inv.value("plan")) req.attributes.plan = identifier("--plan", *plan);
     std::vector<std::string> scopes = inv.values("scope");
     for (const std::string &list : inv.values("scopes")) {
@@ -384,11 +386,14 @@ int cmd_create(const Invocation &inv) {
     }
     for (const std::string &l : inv.values("limit")) {
         const std::size_t eq = l.find('=');
-        auto rate = eq == std::string::npos ? std::nullopt : parse_rate(std::string_view(l).substr(eq + 1));
-        if (!rate) throw UsageError("invalid --limit \"" + l + "\" (CATEGORY=RATE, e.g. write=500r/m)");
+        auto rate = eq == std::string::npos ? std::nullopt
+                                            : parse_rate(std::string_view(l).substr(eq + 1));
+        if (!rate)
+            throw UsageError("invalid --limit \"" + l + "\" (CATEGORY=RATE, e.g. write=500r/m)");
         const std::string category = identifier("limit category", l.substr(0, eq));
         for (const auto &existing : req.attributes.limits) {
-            if (existing.first == category) throw UsageError("--limit " + category + " given twice");
+            if (existing.first == category)
+                throw UsageError("--limit " + category + " given twice");
         }
         req.attributes.limits.emplace_back(category, *rate);
     }
@@ -445,11 +450,13 @@ int cmd_revoke(const Invocation &inv) {
         revoked++;
         std::cerr << "apikeyctl: " << result.path << ": revoked " << o.id << " (revoked_at "
                   << format_time(now);
-        if (o.previous != kNever) std::cerr << ", instead of the scheduled " << format_time(o.previous);
+        if (o.previous != kNever)
+            std::cerr << ", instead of the scheduled " << format_time(o.previous);
         std::cerr << ")\n";
     }
     if (revoked > 0) {
-        std::cerr << "apikeyctl: nginx refuses the key(s) with revoked_api_key after \"nginx -s reload\".\n";
+        std::cerr << "apikeyctl: nginx refuses the key(s) with revoked_api_key after "
+                     "\"nginx -s reload\".\n";
     }
     if (revoked == outcomes.size()) return 0;
     // Scripts revoking a list must not take a partial result for success.
@@ -481,7 +488,9 @@ int cmd_rotate(const Invocation &inv) {
         std::optional<std::string> use = prefix;
         if (!use) {
             const auto notes = prefix_notes(editor.text(), editor.model());
-            use = known_prefix(editor.model(), notes[static_cast<std::size_t>(info - editor.model().records.data())]);
+            use = known_prefix(
+                editor.model(),
+                notes[static_cast<std::size_t>(info - editor.model().records.data())]);
             if (!use) {
                 throw EditError("cannot tell which prefix key \"" + old_id +
                                 "\" was issued with (it was not created by apikeyctl); "
@@ -509,7 +518,8 @@ int cmd_rotate(const Invocation &inv) {
         std::cerr << "apikeyctl: " << old_id << " is already revoked.\n";
     } else {
         std::string until;
-        if (old_revoked_at != kNever) until = "its scheduled revocation at " + format_time(old_revoked_at) + " or ";
+        if (old_revoked_at != kNever)
+            until = "its scheduled revocation at " + format_time(old_revoked_at) + " or ";
         std::cerr << "apikeyctl: " << old_id << " stays valid until " << until
                   << "you run: apikeyctl -f " << path << " revoke " << old_id << "\n";
     }
@@ -562,7 +572,9 @@ int cmd_list(const Invocation &inv) {
                 row.environment = single_env;
             }
         }
-        row.status = spec.revoked_at <= now ? "revoked" : spec.expires_at <= now ? "expired" : "active";
+        row.status = spec.revoked_at <= now   ? "revoked"
+                     : spec.expires_at <= now ? "expired"
+                                              : "active";
         rows.push_back(std::move(row));
     });
 
@@ -573,7 +585,9 @@ int cmd_list(const Invocation &inv) {
 
     if (inv.has("json")) {
         auto opt = [](const std::optional<std::string> &s) { return s ? json_string(*s) : "null"; };
-        auto opt_text = [&](const std::string &s) { return s.empty() ? std::string("null") : json_string(s); };
+        auto opt_text = [&](const std::string &s) {
+            return s.empty() ? std::string("null") : json_string(s);
+        };
         std::string out = "[";
         for (std::size_t i = 0; i < rows.size(); i++) {
             const ListRow &r = rows[i];
@@ -584,7 +598,8 @@ int cmd_list(const Invocation &inv) {
             out += ", \"organization_id\": " + opt_text(s.organization);
             out += ", \"plan\": " + opt_text(s.plan);
             out += ", \"scopes\": [";
-            for (std::size_t k = 0; k < s.scopes.size(); k++) out += (k ? ", " : "") + json_string(s.scopes[k]);
+            for (std::size_t k = 0; k < s.scopes.size(); k++)
+                out += (k ? ", " : "") + json_string(s.scopes[k]);
             out += "], \"limits\": {";
             for (std::size_t k = 0; k < s.limits.size(); k++) {
                 out += (k ? ", " : "") + json_string(s.limits[k].first) + ": " +
@@ -602,8 +617,8 @@ int cmd_list(const Invocation &inv) {
         std::fwrite(out.data(), 1, out.size(), stdout);
     } else {
         std::vector<std::vector<std::string>> cells;
-        cells.push_back({"ID", "OWNER", "ORGANIZATION", "PLAN", "SCOPES", "ENV", "STATUS", "CREATED",
-                         "EXPIRES", "REVOKED"});
+        cells.push_back({"ID", "OWNER", "ORGANIZATION", "PLAN", "SCOPES", "ENV", "STATUS",
+                         "CREATED", "EXPIRES", "REVOKED"});
         auto dash = [](const std::string &s) { return s.empty() ? std::string("-") : s; };
         for (const ListRow &r : rows) {
             const KeySpec &s = r.spec;
@@ -617,7 +632,8 @@ int cmd_list(const Invocation &inv) {
         }
         std::vector<std::size_t> width(cells[0].size(), 0);
         for (const auto &row : cells) {
-            for (std::size_t c = 0; c < row.size(); c++) width[c] = std::max(width[c], row[c].size());
+            for (std::size_t c = 0; c < row.size(); c++)
+                width[c] = std::max(width[c], row[c].size());
         }
         std::string out;
         for (const auto &row : cells) {
@@ -696,10 +712,12 @@ int cmd_hash(const Invocation &) {
     while (e > b && blank(text[e - 1])) e--;
     const std::string key = text.substr(b, e - b);
     if (key.empty()) throw Error("stdin: no key (expected one key, e.g. apikeyctl hash < key.txt)");
-    if (key.find('\n') != std::string::npos) throw Error("stdin: more than one line; expected one key");
+    if (key.find('\n') != std::string::npos)
+        throw Error("stdin: more than one line; expected one key");
     if (!is_well_formed_key(key)) {
-        throw Error("stdin: not a well-formed key (16 to 256 characters of A-Z a-z 0-9 - . _ ~ + / =); "
-                    "nginx refuses such a key before it looks it up");
+        throw Error(
+            "stdin: not a well-formed key (16 to 256 characters of A-Z a-z 0-9 - . _ ~ + / =); "
+            "nginx refuses such a key before it looks it up");
     }
     char out[71];
     format_digest(sha256(key), out);
@@ -710,6 +728,7 @@ int cmd_hash(const Invocation &) {
 }
 
 const std::vector<Command> &commands() {
+    // clang-format off
     static const std::vector<Command> list = {
         {"create", kCreateHelp,
          {{"owner", 0, true}, {"organization", 0, true}, {"org", 0, true}, {"plan", 0, true},
@@ -724,6 +743,7 @@ const std::vector<Command> &commands() {
         {"check", kCheckHelp, {}, 0, SIZE_MAX, cmd_check},
         {"hash", kHashHelp, {}, 0, 0, cmd_hash},
     };
+    // clang-format on
     return list;
 }
 

@@ -62,7 +62,8 @@ public:
                 path_ = std::move(name);
                 return;
             }
-            if (errno != EEXIST) fail(directory_of(target), "cannot create a temporary file", errno);
+            if (errno != EEXIST)
+                fail(directory_of(target), "cannot create a temporary file", errno);
         }
         throw Error(directory_of(target) +
                     ": cannot create a temporary file: 100 random names were all taken");
@@ -115,8 +116,9 @@ std::string write_file_atomically(const std::string &path, std::string_view data
     // could lock them out, so failing to keep them is an error, not a shrug.
     if (existed && (old.st_uid != ::geteuid() || old.st_gid != ::getegid())) {
         if (::fchown(temp.fd(), old.st_uid, old.st_gid) != 0) {
-            fail(path, "cannot keep the owner and group (" + std::to_string(old.st_uid) + ":" +
-                           std::to_string(old.st_gid) + ") of the file",
+            fail(path,
+                 "cannot keep the owner and group (" + std::to_string(old.st_uid) + ":" +
+                     std::to_string(old.st_gid) + ") of the file",
                  errno);
         }
     }
@@ -140,11 +142,13 @@ std::string write_file_atomically(const std::string &path, std::string_view data
     // directory entry back; the data itself is already safe.
     const std::string dir = directory_of(path);
     const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) return dir + ": written, but cannot open the directory to sync it: " + errno_text(errno);
+    if (dfd < 0)
+        return dir + ": written, but cannot open the directory to sync it: " + errno_text(errno);
     const int rc = ::fsync(dfd);
     const int err = errno;
     ::close(dfd);
-    if (rc != 0 && err != EINVAL) return dir + ": written, but cannot sync the directory: " + errno_text(err);
+    if (rc != 0 && err != EINVAL)
+        return dir + ": written, but cannot sync the directory: " + errno_text(err);
     return {};
 }
 

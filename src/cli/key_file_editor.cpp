@@ -49,7 +49,8 @@ public:
     std::size_t offset_of(std::uint32_t line) {
         while (number_ < line) {
             const void *nl = std::memchr(text_.data() + offset_, '\n', text_.size() - offset_);
-            if (!nl) throw EditError("line " + std::to_string(line) + " is past the end of the file");
+            if (!nl)
+                throw EditError("line " + std::to_string(line) + " is past the end of the file");
             offset_ = static_cast<std::size_t>(static_cast<const char *>(nl) - text_.data()) + 1;
             number_++;
         }
@@ -72,19 +73,19 @@ std::size_t field_colon(std::string_view s, std::string_view name) {
 }
 
 bool is_null_or(std::string_view value, std::string_view empty_collection) {
-    return value.empty() || value == "~" || value == "null" || value == "Null" ||
-           value == "NULL" || value == empty_collection;
+    return value.empty() || value == "~" || value == "null" || value == "Null" || value == "NULL" ||
+           value == empty_collection;
 }
 
 // The lines of one record of the "keys" list.
 struct RecordSpan {
-    std::size_t start = 0;        // offset of the line the record's map starts on
-    std::size_t dash_line = 0;    // offset of the line holding its "-"
+    std::size_t start = 0;      // offset of the line the record's map starts on
+    std::size_t dash_line = 0;  // offset of the line holding its "-"
     std::size_t dash_indent = 0;
     std::size_t field_indent = 0;
-    std::size_t end_fields = 0;   // after the last line with a field or value
-    std::size_t end = 0;          // after the last line, comments included
-    bool block = true;            // false: "- {id: ...}", which we do not edit
+    std::size_t end_fields = 0;  // after the last line with a field or value
+    std::size_t end = 0;         // after the last line, comments included
+    bool block = true;           // false: "- {id: ...}", which we do not edit
 };
 
 // From the line a record's map starts on (KeySpec::line): the record goes on
@@ -175,7 +176,7 @@ KeyFileEditor::KeyFileEditor(std::string text) : text_(std::move(text)) {
 }
 
 std::optional<std::string> KeyFileEditor::try_commit(std::string candidate,
-                                                    const Expectation &expected) {
+                                                     const Expectation &expected) {
     KeyFileModel after;
     try {
         after = parse_key_file(candidate);
@@ -265,8 +266,8 @@ struct RevokeEdit {
     std::size_t from = 0;
     std::size_t to = 0;
     std::string text;
-    std::size_t record = 0;   // index in model.records
-    std::size_t outcome = 0;  // index in revoke_all's result
+    std::size_t record = 0;      // index in model.records
+    std::size_t outcome = 0;     // index in revoke_all's result
     std::uint64_t expected = 0;  // the record's fingerprint after the edit
 };
 
@@ -395,23 +396,24 @@ std::vector<RevokeOutcome> KeyFileEditor::revoke_all(const std::vector<std::stri
     }
     candidate.append(text_, copied, npos);
 
-    const auto why = try_commit(std::move(candidate), [&](const KeyFileModel &before,
-                                                          const KeyFileModel &after) {
-        const std::size_t n = before.records.size();
-        if (after.records.size() != n || after.prefixes.size() != before.prefixes.size() ||
-            !same_prefixes(before.prefixes, after.prefixes, before.prefixes.size())) {
-            return false;
-        }
-        std::size_t e = 0;
-        for (std::size_t i = 0; i < n; i++) {
-            std::uint64_t want = before.records[i].fingerprint;
-            if (e < edits.size() && edits[e].record == i) want = edits[e++].expected;
-            if (after.records[i].id != before.records[i].id || after.records[i].fingerprint != want) {
+    const auto why = try_commit(
+        std::move(candidate), [&](const KeyFileModel &before, const KeyFileModel &after) {
+            const std::size_t n = before.records.size();
+            if (after.records.size() != n || after.prefixes.size() != before.prefixes.size() ||
+                !same_prefixes(before.prefixes, after.prefixes, before.prefixes.size())) {
                 return false;
             }
-        }
-        return true;
-    });
+            std::size_t e = 0;
+            for (std::size_t i = 0; i < n; i++) {
+                std::uint64_t want = before.records[i].fingerprint;
+                if (e < edits.size() && edits[e].record == i) want = edits[e++].expected;
+                if (after.records[i].id != before.records[i].id ||
+                    after.records[i].fingerprint != want) {
+                    return false;
+                }
+            }
+            return true;
+        });
     if (!why) return out;
 
     if (edits.size() == 1) {
@@ -435,7 +437,8 @@ void KeyFileEditor::revoke(std::string_view id, std::int64_t at) {
 
 void KeyFileEditor::add_prefix(std::string_view prefix, Environment env) {
     for (const PrefixDecl &p : model_.prefixes) {
-        if (p.prefix == prefix) throw EditError("prefix \"" + std::string(prefix) + "\" is already declared");
+        if (p.prefix == prefix)
+            throw EditError("prefix \"" + std::string(prefix) + "\" is already declared");
     }
     const std::string entry = yaml_scalar(prefix) + ": " + std::string(environment_name(env));
 
@@ -448,11 +451,12 @@ void KeyFileEditor::add_prefix(std::string_view prefix, Environment env) {
         if (last.begin == section->begin) {
             // prefixes: {a: live, b: test} on one line
             const std::size_t close = last.begin + last.indent + last.content.size() - 1;
-            if (text_[close] != '}') throw EditError("cannot add to the \"prefixes:\" map as written");
+            if (text_[close] != '}')
+                throw EditError("cannot add to the \"prefixes:\" map as written");
             candidate = text_.substr(0, close) + ", " + entry + text_.substr(close);
         } else {
-            candidate = insert_lines(text_, last.next,
-                                     std::string(last.indent, ' ') + entry + eol_, eol_);
+            candidate = insert_lines(text_, last.next, std::string(last.indent, ' ') + entry + eol_,
+                                     eol_);
         }
     } else if (section) {
         const std::string value = value_after_colon(section->content, "prefixes");
@@ -463,13 +467,16 @@ void KeyFileEditor::add_prefix(std::string_view prefix, Environment env) {
                     text_.substr(section->next);
     } else {
         const auto version = top_level_field(text_, "version");
-        if (!version) throw EditError("cannot find the \"version:\" line to add \"prefixes:\" after");
-        candidate = insert_lines(text_, version->next, "prefixes:" + eol_ + "  " + entry + eol_, eol_);
+        if (!version)
+            throw EditError("cannot find the \"version:\" line to add \"prefixes:\" after");
+        candidate = insert_lines(text_, version->next, "prefixes:" + eol_ + "  " + entry + eol_,
+                                 eol_);
     }
 
     commit(std::move(candidate), [&](const KeyFileModel &before, const KeyFileModel &after) {
         const std::size_t n = before.prefixes.size();
-        return after.prefixes.size() == n + 1 && same_prefixes(before.prefixes, after.prefixes, n) &&
+        return after.prefixes.size() == n + 1 &&
+               same_prefixes(before.prefixes, after.prefixes, n) &&
                after.prefixes[n].prefix == prefix && after.prefixes[n].environment == env &&
                after.records.size() == before.records.size() &&
                same_records(before.records, after.records, before.records.size());
@@ -495,7 +502,8 @@ std::vector<std::optional<std::string>> prefix_notes(std::string_view text,
         std::optional<std::string> note;
         for (std::size_t pos = span.start; pos < span.end;) {
             const Line l = line_at(text, pos);
-            if (l.indent > span.dash_indent && l.content.substr(0, kPrefixNote.size()) == kPrefixNote) {
+            if (l.indent > span.dash_indent &&
+                l.content.substr(0, kPrefixNote.size()) == kPrefixNote) {
                 std::string_view v = l.content.substr(kPrefixNote.size());
                 note = v == kNoPrefix ? std::string() : std::string(v);
             }

@@ -74,7 +74,6 @@ public:
     // The full record; throws EditError for an unknown id.
     KeySpec record(std::string_view id) const;
 
-
 private:
     // (before, after) -> whether the edit changed exactly what it meant to.
     using Expectation = std::function<bool(const KeyFileModel &, const KeyFileModel &)>;

@@ -58,8 +58,9 @@ PrefixChoice choose_prefix(const KeyFileModel &model, const std::optional<std::s
             return choice;
         }
         if (!may_declare || wanted == Environment::none) {
-            throw EditError("prefix " + quoted(*given) + " is not declared in the file (declared: " +
-                            declared_list(model) + ")" +
+            throw EditError("prefix " + quoted(*given) +
+                            " is not declared in the file (declared: " + declared_list(model) +
+                            ")" +
                             (may_declare ? "; add --environment live|test to declare it" : ""));
         }
         choice.prefix = *given;
@@ -81,9 +82,9 @@ PrefixChoice choose_prefix(const KeyFileModel &model, const std::optional<std::s
         return choice;
     }
     if (matches == 0) {
-        throw EditError("no prefix is declared for " + wanted_name + " (declared: " +
-                        declared_list(model) + "); give --prefix with --environment " +
-                        wanted_name + " to declare one");
+        throw EditError("no prefix is declared for " + wanted_name +
+                        " (declared: " + declared_list(model) +
+                        "); give --prefix with --environment " + wanted_name + " to declare one");
     }
     throw EditError("the file declares several prefixes (" + declared_list(model) +
                     "); choose one with --prefix");
@@ -108,11 +109,14 @@ IssuedKey issue_key(KeyFileEditor &editor, const IssueRequest &request) {
     // prefix (e.g. "wf" + "k..." under "wfk_") would land in the wrong one.
     std::string key;
     for (int attempt = 0;; attempt++) {
-        if (attempt == 1000) throw EditError("cannot generate a key that only matches prefix " + quoted(choice.prefix));
+        if (attempt == 1000)
+            throw EditError("cannot generate a key that only matches prefix " +
+                            quoted(choice.prefix));
         key = generate_key(choice.prefix, request.random_chars, request.random);
         bool shadowed = false;
         for (const PrefixDecl &p : model.prefixes) {
-            if (p.prefix.size() > choice.prefix.size() && key.compare(0, p.prefix.size(), p.prefix) == 0) {
+            if (p.prefix.size() > choice.prefix.size() &&
+                key.compare(0, p.prefix.size(), p.prefix) == 0) {
                 shadowed = true;
             }
         }
@@ -123,11 +127,9 @@ IssuedKey issue_key(KeyFileEditor &editor, const IssueRequest &request) {
 
     // Proof, with the module's own code, that this key now opens this record.
     const KeyTable table = editor.model().image.table();
-    Environment env = Environment::none;
-    Digest digest{};
-    const KeyRecord *record = nullptr;
-    if (identify_key(table, key, env, digest) == Outcome::accepted) record = table.find(digest);
-    if (!record || table.text(record->id) != spec.id || env != choice.environment) {
+    const Identity id = identify_key(table, key);
+    const KeyRecord *record = id.outcome == Outcome::accepted ? table.find(id.digest) : nullptr;
+    if (!record || table.text(record->id) != spec.id || id.environment != choice.environment) {
         throw EditError("the new key would not be recognised by the module (prefix " +
                         quoted(choice.prefix) + "); nothing was written");
     }

@@ -21,7 +21,10 @@ std::string yaml_scalar(std::string_view s) {
 }
 
 std::string format_rate(const Rate &rate) {
-    const char *unit = rate.period_seconds == 1 ? "s" : rate.period_seconds == 60 ? "m" : "h";
+    const char *unit = rate.period_seconds == 1      ? "s"
+                       : rate.period_seconds == 60   ? "m"
+                       : rate.period_seconds == 3600 ? "h"
+                                                     : "d";
     return std::to_string(rate.count) + "r/" + unit;
 }
 

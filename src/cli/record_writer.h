@@ -16,7 +16,7 @@ namespace apikey::cli {
 // on it, else double-quoted, which never needs an escape for such text.
 std::string yaml_scalar(std::string_view s);
 
-std::string format_rate(const Rate &rate);  // "500r/m"
+std::string format_rate(const Rate &rate);      // "500r/m"
 std::string format_time(std::int64_t seconds);  // "2026-11-01T00:00:00Z"
 
 // Where a record's "- " and its fields sit; new records copy the file's.

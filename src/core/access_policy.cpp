@@ -6,7 +6,7 @@ namespace apikey {
 
 unsigned method_bit(std::string_view name) noexcept {
     constexpr std::pair<std::string_view, unsigned> methods[] = {
-        {"GET", kGet},     {"HEAD", kHead},     {"POST", kPost},      {"PUT", kPut},
+        {"GET", kGet},     {"HEAD", kHead},     {"POST", kPost},       {"PUT", kPut},
         {"PATCH", kPatch}, {"DELETE", kDelete}, {"OPTIONS", kOptions},
     };
     for (const auto &[n, bit] : methods) {
@@ -17,7 +17,9 @@ unsigned method_bit(std::string_view name) noexcept {
 
 AccessPolicy::AccessPolicy(std::vector<ScopeRule> rules, std::vector<std::string> plans,
                            RequiredEnvironment environment)
-    : rules_(std::move(rules)), plans_(std::move(plans)), environment_(environment),
+    : rules_(std::move(rules)),
+      plans_(std::move(plans)),
+      environment_(environment),
       compiled_(rules_.size()) {
     for (std::size_t i = 0; i < rules_.size(); i++) {
         compiled_[i].bits.resize(rules_[i].scopes.size());
@@ -47,28 +49,28 @@ void AccessPolicy::compile(const KeyTable &table) noexcept {
     compiled_for_ = table.build_id();
 }
 
-Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
-                     Digest &digest, const KeyDigestCache *cache, bool *cached) noexcept {
-    const bool hit = key.size() <= kMaxKeyLength && cache != nullptr && cache->find(key, digest);
-    if (cached != nullptr) *cached = hit;
-    if ((!hit && !is_well_formed_key(key)) || !table.environment_of(key, environment)) {
-        return Outcome::invalid_key;
+Identity identify_key(const KeyTable &table, std::string_view key,
+                      const KeyDigestCache *memo) noexcept {
+    Identity id;
+    id.from_memo = key.size() <= kMaxKeyLength && memo != nullptr && memo->find(key, id.digest);
+    if ((!id.from_memo && !is_well_formed_key(key)) || !table.environment_of(key, id.environment)) {
+        return id;
     }
-    if (!hit) digest = sha256(key);
-    return Outcome::accepted;
+    if (!id.from_memo) id.digest = sha256(key);
+    id.outcome = Outcome::accepted;
+    return id;
 }
 
 Verdict AccessPolicy::check(const KeyTable &table, std::string_view key, unsigned method,
                             std::int64_t now) noexcept {
-    Environment environment = Environment::none;
-    Digest digest;
-    if (identify_key(table, key, environment, digest) != Outcome::accepted) {
+    const Identity id = identify_key(table, key);
+    if (id.outcome != Outcome::accepted) {
         Verdict v;
         v.outcome = Outcome::invalid_key;
-        v.environment = environment;
+        v.environment = id.environment;
         return v;
     }
-    return check_digest(table, digest, environment, method, now);
+    return check_digest(table, id.digest, id.environment, method, now);
 }
 
 Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
@@ -98,8 +100,7 @@ Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
 
     if (compiled_for_ != table.build_id()) compile(table);
 
-    if (!plans_.empty() &&
-        (record->plan == kNoPlan || !(plan_mask_ >> record->plan & 1))) {
+    if (!plans_.empty() && (record->plan == kNoPlan || !(plan_mask_ >> record->plan & 1))) {
         v.outcome = Outcome::plan_required;
         return v;
     }

@@ -43,13 +43,18 @@ struct Verdict {
     std::string_view missing_scope;     // for insufficient_scope
 };
 
-// Syntax -> prefix -> SHA-256: what a key is, before any table lookup.
-// Returns invalid_key or accepted (meaning "identified"). With a cache, a
-// key remembered there skips the syntax check (it passed it when it was
-// remembered) and SHA-256; `cached` says which way it went.
-Outcome identify_key(const KeyTable &table, std::string_view key, Environment &environment,
-                     Digest &digest, const KeyDigestCache *cache = nullptr,
-                     bool *cached = nullptr) noexcept;
+// What a presented key is, before any table lookup.
+struct Identity {
+    Outcome outcome = Outcome::invalid_key;  // or accepted, meaning "identified"
+    Environment environment = Environment::none;
+    Digest digest{};         // set when identified
+    bool from_memo = false;  // the digest came from the memo, not SHA-256
+};
+
+// Syntax -> prefix -> SHA-256. With a memo, a key remembered there skips
+// the syntax check (it passed it when it was remembered) and SHA-256.
+Identity identify_key(const KeyTable &table, std::string_view key,
+                      const KeyDigestCache *memo = nullptr) noexcept;
 
 class AccessPolicy {
 public:
@@ -74,8 +79,8 @@ private:
 
     struct CompiledRule {
         ScopeSet need{};
-        bool unknown = false;      // names a scope no key in the table has
-        std::vector<int> bits;     // per scope of the rule, -1 when unknown
+        bool unknown = false;   // names a scope no key in the table has
+        std::vector<int> bits;  // per scope of the rule, -1 when unknown
     };
 
     std::vector<ScopeRule> rules_;

@@ -73,8 +73,8 @@ std::size_t ZoneSizing::smallest_zone(std::size_t image_size) const noexcept {
 LoadDecision decide_load(bool exists, const FileIdentity &file, const FileIdentity &loaded,
                          bool failed_for_file, bool gave_up_on_file, std::int64_t failed_at,
                          std::int64_t now, std::int64_t retry_seconds) noexcept {
-    if (exists && file == loaded) return failed_at != 0 ? LoadDecision::forget_failure
-                                                        : LoadDecision::up_to_date;
+    if (exists && file == loaded)
+        return failed_at != 0 ? LoadDecision::forget_failure : LoadDecision::up_to_date;
     if (gave_up_on_file) return LoadDecision::up_to_date;
     if (failed_for_file && now - failed_at < retry_seconds) return LoadDecision::up_to_date;
     return exists ? LoadDecision::load : LoadDecision::report_missing;

@@ -10,13 +10,13 @@ namespace apikey {
 namespace {
 
 constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
-constexpr std::uint32_t kCounterLayout = 2;  // 2: 64-bit owner identities in the locks
+// 2: 64-bit owner identities in the locks; 3: exact log / 50-bucket window
+// (WindowState of 216 bytes, slots of 248).
+constexpr std::uint32_t kCounterLayout = 3;
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
 
-std::uint64_t load_budget(const CounterSlot &slot) noexcept {
-    return load_acquire(&slot.budget);
-}
+std::uint64_t load_budget(const CounterSlot &slot) noexcept { return load_acquire(&slot.budget); }
 
 }  // namespace
 
@@ -157,7 +157,8 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
     if (slot == nullptr) {
         if (!commit) {
             // A dry run never creates counters: an unknown budget is unused.
-            WindowState empty{};
+            WindowState empty;
+            window_reset(empty);
             r.decision = window_consume(empty, limit, now_ms, false);
             r.slot = ~std::uint64_t{0};
             return r;
@@ -170,6 +171,7 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
             r.decision.allowed = false;
             r.decision.limit = limit.count;
             r.decision.retry_after_s = 1;
+            r.decision.next_free_s = 1;
             r.slot = ~std::uint64_t{0};
             return r;
         }
@@ -186,7 +188,7 @@ void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
     if (result.slot >= header_->capacity || !result.decision.allowed) return;
     CounterSlot &slot = slots_[result.slot];
     owner_lock(&slot.lock, self);
-    if (slot.budget == budget) window_refund(slot.window, result.decision.bucket);
+    if (slot.budget == budget) window_refund(slot.window, result.decision.counted_at_ms);
     owner_unlock(&slot.lock);
 }
 

@@ -18,12 +18,13 @@ struct CounterSlot {
     std::uint64_t lock;       // owner_lock word: the holder's identity, 0 when free
     std::uint32_t period_ms;  // of the budget held here
     std::uint32_t reserved;
-    std::uint64_t budget;     // 0: never used
+    std::uint64_t budget;  // 0: never used
     std::int64_t last_used_ms;
     WindowState window;
 };
 static_assert(std::is_trivially_copyable_v<CounterSlot>);
-static_assert(sizeof(CounterSlot) == 104, "README states 104 bytes per counter");
+static_assert(sizeof(CounterSlot) == 248, "README states 248 bytes per counter");
+static_assert(sizeof(CounterSlot) < 256, "a counter stays under 256 bytes");
 
 struct CounterTableHeader {
     std::uint32_t magic;
@@ -66,8 +67,8 @@ public:
     // for the locks, as this_process_identity() (process_identity.h): a lock
     // left by a process that died is taken over. A bare pid still works, but
     // then a dead holder whose pid was reused keeps its slot locked.
-    CounterResult consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
-                          bool commit, std::uint64_t self) noexcept;
+    CounterResult consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms, bool commit,
+                          std::uint64_t self) noexcept;
 
     void refund(const CounterResult &result, std::uint64_t budget, std::uint64_t self) noexcept;
 

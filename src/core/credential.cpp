@@ -62,11 +62,8 @@ void KeyCollector::offer(std::string_view candidate) noexcept {
     case State::one:
         if (candidate != key_) state_ = State::multiple;
         break;
-    case State::malformed:
-        state_ = State::multiple;
-        break;
-    case State::multiple:
-        break;
+    case State::malformed: state_ = State::multiple; break;
+    case State::multiple: break;
     }
 }
 

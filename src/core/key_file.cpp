@@ -27,12 +27,14 @@ namespace {
 
 constexpr std::size_t kMaxTextLength = 128;
 
+// clang-format off
 enum class Field {
     version, prefixes, keys,                               // top level
     id, hash, owner, organization_id, plan, scopes,        // key record
     created_at, expires_at, revoked_at, limits,
     none
 };
+// clang-format on
 
 struct FieldName {
     std::string_view name;
@@ -142,16 +144,21 @@ public:
         case State::top: state_ = State::done; break;
         case State::prefixes: state_ = State::top; break;
         case State::limits: state_ = State::key; break;
-        case State::key: finish_key(); state_ = State::keys; break;
+        case State::key:
+            finish_key();
+            state_ = State::keys;
+            break;
         default: break;
         }
     }
 
 private:
+    // clang-format off
     enum class State {
         start, top, top_value, prefixes, prefix_value, keys, key, key_value, scopes, limits,
         limit_value, done
     };
+    // clang-format on
 
     static std::uint32_t line(const YAML::Mark &mark) {
         return static_cast<std::uint32_t>(mark.line + 1);
@@ -162,10 +169,12 @@ private:
         case State::start:
             throw KeyFileError(line(mark), std::string("the top level must be a map, not ") + what);
         case State::keys:
-            throw KeyFileError(line(mark), std::string("each entry of \"keys\" must be a map, not ") + what);
+            throw KeyFileError(line(mark),
+                               std::string("each entry of \"keys\" must be a map, not ") + what);
         case State::top_value:
         case State::key_value:
-            throw KeyFileError(line(mark), quoted(name_) + " must be " + expected() + ", not " + what);
+            throw KeyFileError(line(mark),
+                               quoted(name_) + " must be " + expected() + ", not " + what);
         case State::scopes:
             throw KeyFileError(line(mark), std::string("each scope must be a string, not ") + what);
         case State::prefix_value:
@@ -173,8 +182,7 @@ private:
             throw KeyFileError(line(mark), quoted(name_) + " must be a string, not " + what);
         case State::done:
             throw KeyFileError(line(mark), "the file holds more than one YAML document");
-        default:
-            throw KeyFileError(line(mark), std::string(what) + " is not expected here");
+        default: throw KeyFileError(line(mark), std::string(what) + " is not expected here");
         }
     }
 
@@ -191,14 +199,11 @@ private:
     // One scalar or null, wherever it appears.
     void value(const YAML::Mark &mark, const std::string *text) {
         switch (state_) {
-        case State::start:
-            unexpected(mark, "a single value");
+        case State::start: unexpected(mark, "a single value");
         case State::top:
             field_name(mark, text, kTopFields, State::top_value, seen_top_fields_);
             return;
-        case State::key:
-            field_name(mark, text, kKeyFields, State::key_value, seen_fields_);
-            return;
+        case State::key: field_name(mark, text, kKeyFields, State::key_value, seen_fields_); return;
         case State::prefixes:
         case State::limits:
             if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
@@ -227,8 +232,7 @@ private:
             check_identifier(mark, "scope", *text);
             spec_.scopes.push_back(*text);
             return;
-        case State::keys:
-            unexpected(mark, text ? "a single value" : "null");
+        case State::keys: unexpected(mark, text ? "a single value" : "null");
         case State::done:
             throw KeyFileError(line(mark), "the file holds more than one YAML document");
         }
@@ -260,8 +264,7 @@ private:
         case Field::keys:
             if (!text) return;  // "keys:" with nothing under it is an empty list
             [[fallthrough]];
-        default:
-            unexpected(mark, "a single value");
+        default: unexpected(mark, "a single value");
         }
     }
 
@@ -315,8 +318,8 @@ private:
     std::int64_t time(const YAML::Mark &mark, const std::string &v) const {
         auto t = parse_timestamp(v);
         if (!t) {
-            throw KeyFileError(line(mark), quoted(name_) + " is not a valid timestamp " + quoted(v) +
-                                               " (expected e.g. 2027-01-30T00:00:00Z)");
+            throw KeyFileError(line(mark), quoted(name_) + " is not a valid timestamp " +
+                                               quoted(v) + " (expected e.g. 2027-01-30T00:00:00Z)");
         }
         return *t;
     }
@@ -458,8 +461,9 @@ TableImage load_key_file(const std::string &path) {
         const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            throw KeyFileLoadError(path + (n < 0 ? ": read() failed: " + std::string(std::strerror(errno))
-                                                 : std::string(": the file shrank while it was read")));
+            throw KeyFileLoadError(path +
+                                   (n < 0 ? ": read() failed: " + std::string(std::strerror(errno))
+                                          : std::string(": the file shrank while it was read")));
         }
         got += static_cast<std::size_t>(n);
     }

@@ -22,18 +22,12 @@ Rate effective_rate(const KeyTable &table, const KeyRecord &record, std::string_
     return configured;
 }
 
-std::string_view budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by,
-                               char &kind) noexcept {
+BudgetHolder budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by) noexcept {
     if (by == LimitBy::organization && record.organization.len != 0) {
-        kind = 'g';
-        return table.text(record.organization);
+        return {'g', table.text(record.organization)};
     }
-    if (by != LimitBy::key) {
-        kind = 'o';
-        return table.text(record.owner);
-    }
-    kind = 'k';
-    return table.text(record.id);
+    if (by != LimitBy::key) return {'o', table.text(record.owner)};
+    return {'k', table.text(record.id)};
 }
 
 std::uint64_t key_zone_salt(std::string_view key_zone) noexcept {
@@ -58,15 +52,23 @@ std::uint64_t budget_in_zone(std::uint64_t budget, std::uint64_t zone_salt) noex
 }
 
 std::size_t describe_limit(char *out, Rate rate, std::string_view category) noexcept {
-    const char *unit = rate.period_seconds == 1 ? "second"
-                       : rate.period_seconds == 60 ? "minute"
-                                                   : "hour";
+    const char *unit = rate.period_seconds == 1       ? "second"
+                       : rate.period_seconds == 60    ? "minute"
+                       : rate.period_seconds == 3600  ? "hour"
+                       : rate.period_seconds == 86400 ? "day"
+                                                      : nullptr;
     if (category.size() > 128) category = category.substr(0, 128);
-    int n = std::snprintf(out, kMaxLimitDetail, "%u %s per %s for '%.*s' requests", rate.count,
-                          rate.count == 1 ? "request" : "requests", unit,
-                          static_cast<int>(category.size()), category.data());
-    return n < 0 ? 0 : static_cast<std::size_t>(n) < kMaxLimitDetail ? static_cast<std::size_t>(n)
-                                                                      : kMaxLimitDetail - 1;
+    const char *requests = rate.count == 1 ? "request" : "requests";
+    const int len = static_cast<int>(category.size());
+    // Other periods never come from parse_rate; said plainly all the same.
+    int n = unit != nullptr
+                ? std::snprintf(out, kMaxLimitDetail, "%u %s per %s for '%.*s' requests",
+                                rate.count, requests, unit, len, category.data())
+                : std::snprintf(out, kMaxLimitDetail, "%u %s per %u seconds for '%.*s' requests",
+                                rate.count, requests, rate.period_seconds, len, category.data());
+    return n < 0                                           ? 0
+           : static_cast<std::size_t>(n) < kMaxLimitDetail ? static_cast<std::size_t>(n)
+                                                           : kMaxLimitDetail - 1;
 }
 
 }  // namespace apikey

@@ -24,10 +24,13 @@ Rate effective_rate(const KeyTable &table, const KeyRecord &record, std::string_
 
 // Who pays: the key id, the owner, or the organization (falling back to the
 // owner for personal keys, so every key still has exactly one budget).
-// kind distinguishes the three so an owner and a key id with the same
+// `kind` distinguishes the three so an owner and a key id with the same
 // spelling never share a budget.
-std::string_view budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by,
-                               char &kind) noexcept;
+struct BudgetHolder {
+    char kind;  // 'k' key, 'o' owner, 'g' organization
+    std::string_view name;
+};
+BudgetHolder budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by) noexcept;
 
 // Budgets are per key zone: the same key id, owner or organization in two
 // key files (two tenants) never share a budget. zone_salt identifies the
@@ -35,7 +38,8 @@ std::string_view budget_holder(const KeyTable &table, const KeyRecord &record, L
 std::uint64_t key_zone_salt(std::string_view key_zone) noexcept;
 std::uint64_t budget_in_zone(std::uint64_t budget, std::uint64_t zone_salt) noexcept;
 
-// "1000 requests per minute for 'read' requests" into out; returns its length.
+// "1000 requests per minute for 'read' requests" (second, minute, hour or
+// day) into out; returns its length.
 constexpr std::size_t kMaxLimitDetail = 200;
 std::size_t describe_limit(char *out, Rate rate, std::string_view category) noexcept;
 

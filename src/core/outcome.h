@@ -25,10 +25,10 @@ enum class Outcome : std::uint8_t {
 constexpr std::size_t kOutcomeCount = 11;
 
 struct OutcomeInfo {
-    unsigned status;             // 0 for accepted
-    std::string_view type;       // error.type
-    std::string_view code;       // error.code and $api_key_error
-    std::string_view message;    // error.message, or its text before the detail
+    unsigned status;                // 0 for accepted
+    std::string_view type;          // error.type
+    std::string_view code;          // error.code and $api_key_error
+    std::string_view message;       // error.message, or its text before the detail
     std::string_view message_tail;  // after the detail, for messages that name one
 };
 

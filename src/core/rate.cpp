@@ -19,6 +19,7 @@ std::optional<Rate> parse_rate(std::string_view s) noexcept {
     case 's': period = 1; break;
     case 'm': period = 60; break;
     case 'h': period = 3600; break;
+    case 'd': period = 86400; break;
     default: return std::nullopt;
     }
     return Rate{static_cast<std::uint32_t>(count), period};

@@ -1,4 +1,6 @@
-// Rates written as "Nr/s", "Nr/m" or "Nr/h" (api_key_limit and the key file's limits).
+// Rates written as "Nr/s", "Nr/m", "Nr/h" or "Nr/d" (api_key_limit and the
+// key file's limits): 1 <= N <= 1,000,000,000 requests per second, minute,
+// hour or day (86,400 s; period_seconds * 1000 fits 32 bits).
 #pragma once
 
 #include <cstdint>

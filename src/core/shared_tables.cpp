@@ -149,8 +149,8 @@ bool SharedTables::has_retired_room() const noexcept {
     return false;
 }
 
-bool SharedTables::stage(const TableImage &image, const FileIdentity &file,
-                         std::string_view path, std::string &error) noexcept {
+bool SharedTables::stage(const TableImage &image, const FileIdentity &file, std::string_view path,
+                         std::string &error) noexcept {
     WriterLock lock(&state_->writer_lock);
     discard_staged_locked();
     void *p = copy_in(image, error);
@@ -203,8 +203,8 @@ InstallResult SharedTables::install(const TableImage &image, const FileIdentity 
     // copy, and a reload's master must not wait for that.
     void *p = copy_in(image, error);
     if (p == nullptr) return InstallResult::no_room;
-    const std::uint64_t offset =
-        static_cast<std::uint64_t>(static_cast<unsigned char *>(p) - memory_->base());
+    const std::uint64_t offset = static_cast<std::uint64_t>(static_cast<unsigned char *>(p) -
+                                                            memory_->base());
 
     WriterLock lock(&state_->writer_lock);
     if (state_->config_generation != config) {
@@ -225,7 +225,8 @@ unsigned SharedTables::reclaim() noexcept {
             const std::uint64_t owner = load_seq(&reader.owner);
             if (owner == 0) continue;
             bool holds = load_seq(&reader.floor) <= r.generation;
-            for (const std::uint64_t &g : reader.held) holds = holds || load_seq(&g) == r.generation;
+            for (const std::uint64_t &g : reader.held)
+                holds = holds || load_seq(&g) == r.generation;
             if (holds && process_alive(owner)) {
                 in_use = true;
                 break;

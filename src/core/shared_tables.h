@@ -64,8 +64,8 @@ struct FileIdentity {
 // False (and errno set) when the file cannot be stat()ed.
 bool identify_file(const std::string &path, FileIdentity &out) noexcept;
 
-constexpr std::size_t kMaxReaders = 256;   // processes reading one zone at once
-constexpr std::size_t kMaxRetired = 16;    // replaced tables awaiting release
+constexpr std::size_t kMaxReaders = 256;  // processes reading one zone at once
+constexpr std::size_t kMaxRetired = 16;   // replaced tables awaiting release
 constexpr std::size_t kMaxLoadError = 512;
 constexpr std::size_t kMaxLoadedPath = 1024;
 
@@ -73,7 +73,7 @@ constexpr std::size_t kHeldPerReader = 4;
 constexpr std::uint64_t kNoGeneration = ~std::uint64_t{0};
 
 struct ReaderSlot {
-    std::uint64_t owner;  // process identity (process_identity.h); 0: free
+    std::uint64_t owner;                 // process identity (process_identity.h); 0: free
     std::uint64_t floor;                 // generations >= floor may be in use
     std::uint64_t held[kHeldPerReader];  // generations held; 0: entry unused
 };
@@ -92,21 +92,21 @@ struct SharedTablesState {
     std::int64_t loaded_at;    // unix seconds
     std::uint64_t keys;
     FileIdentity loaded_file;
-    std::uint64_t writer_lock;  // owner identity: one install or publish at a time
-    std::uint64_t loading_by;   // owner identity of the process parsing a changed file
+    std::uint64_t writer_lock;        // owner identity: one install or publish at a time
+    std::uint64_t loading_by;         // owner identity of the process parsing a changed file
     std::uint64_t config_generation;  // bumped by each configuration that publishes
     std::uint64_t staged;             // offset of a table staged by a reload, 0 if none
     FileIdentity staged_file;
     std::uint64_t staged_keys;
     char staged_path[kMaxLoadedPath];
     char loaded_path[kMaxLoadedPath];  // the file of the table in force (api_key_status)
-    FileIdentity failed_file;   // the file version the last error is about
+    FileIdentity failed_file;          // the file version the last error is about
     std::int64_t failed_at;
     std::uint32_t failed_transiently;  // no room yet: retried, not given up
     std::uint32_t reserved2;
     char last_error[kMaxLoadError];  // empty after a successful load
-    std::uint64_t usage;  // offset of the UsageTable, 0 if none
-    std::uint64_t leaked;  // tables a reload had to abandon (every retired entry in use)
+    std::uint64_t usage;             // offset of the UsageTable, 0 if none
+    std::uint64_t leaked;            // tables a reload had to abandon (every retired entry in use)
     RetiredTable retired[kMaxRetired];
     ReaderSlot readers[kMaxReaders];
 };

@@ -20,7 +20,7 @@ struct same {
 };
 
 template <typename T>
-constexpr bool kSharable = std::is_integral_v<T> && __atomic_always_lock_free(sizeof(T), 0);
+constexpr bool kSharable = __atomic_always_lock_free(sizeof(T), 0) && std::is_integral_v<T>;
 
 template <typename T>
 using value_t = typename same<T>::type;

@@ -217,7 +217,8 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
         out += "} " + std::to_string(load_relaxed(&r.usage->totals().untracked)) + '\n';
     }
 
-    help("api_key_requests_total", "counter", "Requests per key by outcome (keys used since start).");
+    help("api_key_requests_total", "counter",
+         "Requests per key by outcome (keys used since start).");
     std::string last_used;
     for (const ZoneReport &r : zones) {
         if (r.usage == nullptr || !r.usage->valid()) continue;
@@ -240,8 +241,7 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
             label(last_used, "zone", r.zone);
             last_used += ',';
             label(last_used, "key_id", id);
-            last_used += "} " +
-                         std::to_string(load_relaxed(&s->last_used)) + '\n';
+            last_used += "} " + std::to_string(load_relaxed(&s->last_used)) + '\n';
         }
     }
     help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");

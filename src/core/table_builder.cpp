@@ -94,7 +94,8 @@ void TableBuilder::add_key(const KeySpec &spec) {
     r.limits_count = static_cast<std::uint16_t>(spec.limits.size());
     for (const auto &[category, rate] : spec.limits) {
         limits_.push_back({{intern(category), static_cast<std::uint32_t>(category.size())},
-                           rate.count, rate.period_seconds});
+                           rate.count,
+                           rate.period_seconds});
     }
 
     if (records_.size() >= 0x7fffffffu) throw KeyFileError(spec.line, "too many keys");

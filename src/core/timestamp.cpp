@@ -61,8 +61,8 @@ std::optional<std::int64_t> parse_timestamp(std::string_view s) noexcept {
 
     unsigned hour, minute, second;
     if ((s[10] != 'T' && s[10] != 't') || !digits(s, 11, 2, hour) || s.size() < 19 ||
-        s[13] != ':' || !digits(s, 14, 2, minute) || s[16] != ':' ||
-        !digits(s, 17, 2, second) || hour > 23 || minute > 59 || second > 59) {
+        s[13] != ':' || !digits(s, 14, 2, minute) || s[16] != ':' || !digits(s, 17, 2, second) ||
+        hour > 23 || minute > 59 || second > 59) {
         return std::nullopt;
     }
     seconds += hour * 3600 + minute * 60 + second;
@@ -100,7 +100,9 @@ void format_timestamp(std::int64_t seconds, char out[20]) noexcept {
     int y;
     unsigned m, d;
     civil_from_days(days, y, m, d);
-    const unsigned parts[] = {static_cast<unsigned>(y), m, d,
+    const unsigned parts[] = {static_cast<unsigned>(y),
+                              m,
+                              d,
                               static_cast<unsigned>(rest / 3600),
                               static_cast<unsigned>(rest / 60 % 60),
                               static_cast<unsigned>(rest % 60)};

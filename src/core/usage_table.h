@@ -21,7 +21,7 @@ struct UsageSlot {
     std::uint32_t ready;    // 1 once id is written
     std::uint32_t id_len;
     char id[kMaxTrackedId];
-    std::int64_t last_used;  // unix seconds
+    std::int64_t last_used;              // unix seconds
     std::uint64_t count[kOutcomeCount];  // by Outcome; accepted and rate_limited included
     std::uint64_t reserved[2];
 };

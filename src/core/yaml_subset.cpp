@@ -220,9 +220,7 @@ private:
         case '[': flow(v, at, false); return;
         case '{': flow(v, at, true); return;
         case '"':
-        case '\'':
-            quoted_scalar(v, at);
-            return;
+        case '\'': quoted_scalar(v, at); return;
         default:
             if (!is_safe_plain(v, false)) bail("a plain scalar outside the subset");
             scalar(v, mark_at(at), false);
@@ -245,7 +243,8 @@ private:
         if (is_map) {
             emit(&YAML::EventHandler::OnMapStart, mark_at(at), "?", 0, YAML::EmitterStyle::Flow);
         } else {
-            emit(&YAML::EventHandler::OnSequenceStart, mark_at(at), "?", 0, YAML::EmitterStyle::Flow);
+            emit(&YAML::EventHandler::OnSequenceStart, mark_at(at), "?", 0,
+                 YAML::EmitterStyle::Flow);
         }
         std::string_view inner = v.substr(1, v.size() - 2);
         std::size_t base = at + 1;
