@@ -254,14 +254,15 @@ SpentBudget *find_spent(RequestCtx *ctx, const LimitZone *zone, std::uint64_t id
     return nullptr;
 }
 
-// A refusal takes back everything the request spent: refused requests
-// spend nothing, in whichever location the refusal came.
-void refund_all(RequestCtx *ctx) noexcept {
-    for (size_t i = 0; i < ctx->spent_count; i++) {
+// Refused requests spend nothing: a refused main request takes back all it
+// spent, in whichever location; a refused subrequest (an SSI include, say)
+// only what it spent itself, since the page around it was served.
+void refund_from(RequestCtx *ctx, size_t first) noexcept {
+    for (size_t i = first; i < ctx->spent_count; i++) {
         SpentBudget &s = ctx->spent[i];
         if (s.committed) s.zone->table.refund(s.result, s.id, self_identity);
     }
-    ctx->spent_count = 0;
+    ctx->spent_count = first;
 }
 
 // The location's budgets for this request (core/limit_plan.h); a budget
@@ -277,6 +278,7 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
                                  static_cast<apikey::LimitBy>(lcf->limit_by),
                                  key_zone->budget_salt);
     const bool commit = !lcf->dry_run;
+    const size_t spent_before = r == r->main ? 0 : ctx->spent_count;
     const bool ietf = (lcf->limit_headers & kLimitHeadersIetf) != 0;
     if (ietf) {
         for (const apikey::PlannedBudget &b : plan) {
@@ -309,7 +311,7 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
         if (ietf) report.entry[report.decided++] = apikey::ratelimit_entry(category, b.rate, d);
         if (!d.allowed) {
             if (commit) {
-                refund_all(ctx);
+                refund_from(ctx, spent_before);
                 // What this request counted before the refusal was taken back.
                 for (size_t i = 0; i + 1 < report.decided; i++) {
                     apikey::RateLimitEntry &e = report.entry[i];

@@ -13,6 +13,8 @@ from harness import (PAST, KeyFile, RecordingCase, bearer, new_key, xkey)
 HTTP = """
     api_key_zone keys:1m file={prefix}/keys.yaml;
     api_key_limit_zone lim:1m;
+    api_key_limit_zone page_lim:1m;
+    api_key_limit_zone part_lim:1m;
     api_key_source bearer header=x-api-key;
 
     server {
@@ -104,6 +106,18 @@ HTTP = """
             api_key keys;
             proxy_pass http://127.0.0.1:{check};
         }
+        # -- a served page whose include is refused by its own limit
+        location /pssi-lim/ {
+            api_key keys;
+            api_key_limit page_lim read 5r/m;
+            ssi on;
+            root {prefix}/html;
+        }
+        location /plim/ {
+            api_key keys;
+            api_key_limit part_lim read 1r/m;
+            proxy_pass http://127.0.0.1:{secret};
+        }
         location /par-admin/ {
             api_key keys;
             auth_request /check-proxy;
@@ -186,6 +200,9 @@ class SubrequestTest(RecordingCase):
         nginx.write_file("html/pstatic/secret.txt", "STATIC-SECRET\n")
         nginx.write_file("html/pssi/page.html", inc % "/protected/x")
         nginx.write_file("html/pssi-admin/page.html", inc % "/pscoped/x")
+        nginx.write_file("html/pssi-lim/page.html", inc % "/plim/x")
+        cls.page_key = kf.add("key_page", owner="u_page", scopes=["data:read"])
+        kf.write(nginx.path("keys.yaml"))
 
     # ------------------------------------------------------------------
     # B1. auth_request /check where /check is protected
@@ -416,6 +433,21 @@ class SubrequestTest(RecordingCase):
                         self.rec["check"].requests() + self.rec["content"].requests()]
                 self.assertEqual(seen, [[], []],
                                  "neither the check's nor the parent's upstream saw the key")
+
+    def test_refused_include_takes_back_only_its_own_spend(self):
+        remaining = []
+        for i in range(3):
+            r = self.get("/pssi-lim/page.html", bearer(self.page_key))
+            self.assertEqual(r.status, 200, "page #%d is served; got %r" % (i + 1, r))
+            included = b"SECRET-CONTENT" in r.body
+            self.assertEqual(included, i == 0,
+                             "the include is accepted once (1r/m), then refused (page #%d)"
+                             % (i + 1))
+            remaining.append(r.header("X-RateLimit-Remaining"))
+        self.assertEqual(remaining, ["4", "3", "2"],
+                         "every served page spends its own budget (5r/m), even when its "
+                         "include was refused: a refused subrequest takes back only what it "
+                         "spent itself")
 
     def test_protected_parent_subrequest_checks_scope(self):
         self.rec["secret"].clear()
