@@ -20,10 +20,9 @@
 
 namespace ngx_api_key {
 
-namespace {
-
-// Distinguishes limit zones from key zones among nginx's shared zones.
 int limit_zone_tag;
+
+namespace {
 
 // nginx's configuration callbacks return char *; these keep the casts in one place.
 char *conf_error() noexcept { return static_cast<char *>(NGX_CONF_ERROR); }
@@ -309,18 +308,153 @@ char *api_key_realm(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
     return conf_ok();
 }
 
-// api_key_limit_zone NAME:SIZE;
+// A "name=value" argument: the value when the name matches.
+bool parameter(const ngx_str_t &arg, std::string_view name, ngx_str_t &value) noexcept {
+    const std::string_view text = to_view(arg);
+    if (text.size() <= name.size() || text.substr(0, name.size()) != name) return false;
+    value = {arg.len - name.size(), arg.data + name.size()};
+    return true;
+}
+
+ApiKeyMainConf *main_conf(ngx_conf_t *cf) noexcept {
+    return static_cast<ApiKeyMainConf *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_api_key_module));
+}
+
+// Reads a password at configuration time: the file's first line.
+bool read_password(ngx_conf_t *cf, ngx_str_t &path, std::string &out) noexcept {
+    if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) return false;
+    ngx_fd_t fd = ngx_open_file(path.data, NGX_FILE_RDONLY | NGX_FILE_NONBLOCK, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, ngx_open_file_n " \"%V\" failed", &path);
+        return false;
+    }
+    char buf[512];
+    const ssize_t n = read(fd, buf, sizeof buf);
+    ngx_close_file(fd);
+    if (n < 0 || static_cast<size_t>(n) == sizeof buf) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "cannot read a password from \"%V\"", &path);
+        return false;
+    }
+    out.assign(buf, static_cast<size_t>(n));
+    ngx_explicit_memzero(buf, sizeof buf);
+    const size_t end = out.find_first_of("\r\n");
+    if (end != std::string::npos) out.resize(end);
+    return true;
+}
+
+// api_key_redis NAME ADDRESS [db=N] [timeout=TIME] [password_file=PATH] [user=NAME] [prefix=P];
+char *api_key_redis(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    ApiKeyMainConf *amcf = main_conf(cf);
+    for (const RedisConf *r : items<RedisConf *>(&amcf->redis)) {
+        if (to_view(r->name) == to_view(value[1])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "duplicate api_key_redis \"%V\"", &value[1]);
+            return conf_error();
+        }
+    }
+    try {
+        auto *redis = pool_new<RedisConf>(cf->pool);
+        redis->name = value[1];
+        std::string host, path, error;
+        int port = 0;
+        if (!apikey::parse_redis_address(to_view(value[2]), host, port, path, error)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid address \"%V\": %s", &value[2],
+                               error.c_str());
+            return conf_error();
+        }
+        redis->endpoint.address = to_string(value[2]);
+        for (ngx_uint_t i = 3; i < cf->args->nelts; i++) {
+            ngx_str_t v;
+            if (parameter(value[i], "db=", v)) {
+                const ngx_int_t db = ngx_atoi(v.data, v.len);
+                if (db == NGX_ERROR || db > 1000000) {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid db \"%V\"", &value[i]);
+                    return conf_error();
+                }
+                redis->endpoint.db = static_cast<int>(db);
+            } else if (parameter(value[i], "timeout=", v)) {
+                const ngx_msec_t t = ngx_parse_time(&v, 0);
+                if (t == static_cast<ngx_msec_t>(NGX_ERROR) || t == 0 || t > 60000) {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid timeout \"%V\"", &value[i]);
+                    return conf_error();
+                }
+                redis->endpoint.timeout_ms = redis->endpoint.connect_timeout_ms = static_cast<int>(
+                    t);
+            } else if (parameter(value[i], "password_file=", v)) {
+                if (!read_password(cf, v, redis->endpoint.password)) return conf_error();
+            } else if (parameter(value[i], "user=", v)) {
+                redis->endpoint.user = to_string(v);
+            } else if (parameter(value[i], "prefix=", v)) {
+                redis->prefix = to_string(v);
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &value[i]);
+                return conf_error();
+            }
+        }
+        auto *slot = static_cast<RedisConf **>(ngx_array_push(&amcf->redis));
+        if (slot == nullptr) return conf_error();
+        *slot = redis;
+    } catch (const std::exception &) {
+        return conf_error();
+    }
+    return conf_ok();
+}
+
+// api_key_limit_zone NAME:SIZE [sync=REDIS] [interval=TIME] [overdraft=N] [fail=local|closed];
 char *api_key_limit_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
     ngx_shm_zone_t *shm_zone = add_zone(cf, value[1], &limit_zone_tag);
     if (shm_zone == nullptr) return conf_error();
+    LimitZone *zone;
     try {
-        auto *zone = pool_new<LimitZone>(cf->pool);
-        zone->name = shm_zone->shm.name;
-        shm_zone->data = zone;
+        zone = pool_new<LimitZone>(cf->pool);
     } catch (const std::exception &) {
         return conf_error();
     }
+    zone->name = shm_zone->shm.name;
+    bool sync_options = false;
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+        ngx_str_t v;
+        if (parameter(value[i], "sync=", v)) {
+            zone->redis_name = v;
+        } else if (parameter(value[i], "interval=", v)) {
+            const ngx_msec_t t = ngx_parse_time(&v, 0);
+            if (t == static_cast<ngx_msec_t>(NGX_ERROR) || t < 10 || t > 10000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid interval \"%V\"", &value[i]);
+                return conf_error();
+            }
+            zone->sync.interval_ms = static_cast<std::uint32_t>(t);
+            sync_options = true;
+        } else if (parameter(value[i], "overdraft=", v)) {
+            const ngx_int_t d = ngx_atoi(v.data, v.len);
+            if (d == NGX_ERROR || d > 1000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid overdraft \"%V\"", &value[i]);
+                return conf_error();
+            }
+            zone->sync.overdraft = static_cast<std::uint32_t>(d);
+            sync_options = true;
+        } else if (parameter(value[i], "fail=", v)) {
+            if (to_view(v) == "local") {
+                zone->sync.fail = apikey::FailMode::local;
+            } else if (to_view(v) == "closed") {
+                zone->sync.fail = apikey::FailMode::closed;
+            } else {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid fail \"%V\"", &value[i]);
+                return conf_error();
+            }
+            sync_options = true;
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &value[i]);
+            return conf_error();
+        }
+    }
+    if (sync_options && zone->redis_name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"interval\", \"overdraft\" and \"fail\" need \"sync\"");
+        return conf_error();
+    }
+    shm_zone->data = zone;
     shm_zone->init = init_limit_zone;
     return conf_ok();
 }
@@ -436,8 +570,10 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, dry_run), nullptr},
     {ngx_string("api_key_realm"), kAnyLevel | NGX_CONF_TAKE1, api_key_realm,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, realm), nullptr},
-    {ngx_string("api_key_limit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1, api_key_limit_zone, 0,
+    {ngx_string("api_key_limit_zone"), NGX_HTTP_MAIN_CONF | NGX_CONF_1MORE, api_key_limit_zone, 0,
      0, nullptr},
+    {ngx_string("api_key_redis"), NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE, api_key_redis, 0, 0,
+     nullptr},
     {ngx_string("api_key_limit"), kAnyLevel | NGX_CONF_TAKE3, api_key_limit,
      NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("api_key_limit_category"), kAnyLevel | NGX_CONF_TAKE1, api_key_limit_category,
@@ -460,7 +596,8 @@ void *create_main_conf(ngx_conf_t *cf) noexcept {
     auto *conf = static_cast<ApiKeyMainConf *>(ngx_pcalloc(cf->pool, sizeof(ApiKeyMainConf)));
     if (conf == nullptr) return nullptr;
     if (ngx_array_init(&conf->carrier_variables, cf->pool, 4, sizeof(ngx_uint_t)) != NGX_OK ||
-        ngx_array_init(&conf->source_headers, cf->pool, 4, sizeof(ngx_str_t)) != NGX_OK) {
+        ngx_array_init(&conf->source_headers, cf->pool, 4, sizeof(ngx_str_t)) != NGX_OK ||
+        ngx_array_init(&conf->redis, cf->pool, 1, sizeof(RedisConf *)) != NGX_OK) {
         return nullptr;
     }
     return conf;
@@ -580,8 +717,31 @@ bool is_carrier_variable(const ApiKeyMainConf *amcf, const ngx_str_t &variable) 
     return false;
 }
 
+// sync=NAME names an api_key_redis (declared anywhere in http{}).
+ngx_int_t resolve_sync(ngx_conf_t *cf) noexcept {
+    ApiKeyMainConf *amcf = main_conf(cf);
+    ngx_int_t rc = NGX_OK;
+    for_each_limit_zone(cf->cycle, [&](LimitZone &zone) {
+        if (zone.redis_name.len == 0) return;
+        for (RedisConf *r : items<RedisConf *>(&amcf->redis)) {
+            if (to_view(r->name) == to_view(zone.redis_name)) zone.redis = r;
+        }
+        if (zone.redis == nullptr) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_redis \"%V\"",
+                               &zone.redis_name);
+            rc = NGX_ERROR;
+            return;
+        }
+        zone.sync.timeout_ms = static_cast<std::uint32_t>(zone.redis->endpoint.timeout_ms);
+    });
+    return rc;
+}
+
 ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
-    if (ngx_process != NGX_PROCESS_SIGNALLER && check_zones(cf) != NGX_OK) return NGX_ERROR;
+    if (ngx_process != NGX_PROCESS_SIGNALLER &&
+        (check_zones(cf) != NGX_OK || resolve_sync(cf) != NGX_OK)) {
+        return NGX_ERROR;
+    }
 
     auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
         ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
@@ -660,30 +820,55 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     return NGX_OK;
 }
 
+constexpr std::uint64_t kLimitZoneMagic = 0x314b'4d4c'4b41'5031ull;  // "1PAKLMK1"
+
 ngx_int_t init_limit_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     auto *zone = static_cast<LimitZone *>(shm_zone->data);
     auto *shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
+    const apikey::SyncConfig *sync = zone->synced() ? &zone->sync : nullptr;
 
     // A reload with the same name and size hands over the previous zone:
     // its counters stay, and every worker, old or new, keeps using them.
     // The memory is checked again, not trusted to the old process's object.
-    if (data != nullptr && shpool->data != nullptr) {
-        const size_t bytes = static_cast<size_t>(shpool->end - static_cast<u_char *>(shpool->data));
-        zone->table = apikey::CounterTable::adopt(shpool->data, bytes);
-        if (zone->table.valid()) return NGX_OK;
-        ngx_log_error(NGX_LOG_NOTICE, shm_zone->shm.log, 0,
-                      "api_key_limit_zone \"%V\": counters of another layout are reset",
+    // Old workers go on using the table while they drain, so it is never
+    // formatted again under them: other sync settings (or another layout)
+    // fail the reload, as limit_req_zone does when its key changes.
+    auto *shared = static_cast<LimitZoneShared *>(shpool->data);
+    if (data != nullptr) {
+        if (shared != nullptr && shared->magic == kLimitZoneMagic) {
+            zone->shared = shared;
+            zone->table = apikey::CounterTable::adopt(reinterpret_cast<u_char *>(shpool) +
+                                                          shared->table_offset,
+                                                      shared->table_bytes, sync);
+            if (zone->table.valid()) return NGX_OK;
+        }
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "api_key_limit_zone \"%V\" has other sync settings or another counter "
+                      "layout than before; give it another name or restart nginx",
                       &shm_zone->shm.name);
+        return NGX_ERROR;
+    } else {
+        quiet_slab_pool(shm_zone, shpool, "api_key_limit");
+        shared = static_cast<LimitZoneShared *>(ngx_slab_calloc(shpool, sizeof(LimitZoneShared)));
+        if (shared == nullptr) {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "api_key_limit_zone \"%V\" is too small", &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+        zone->shared = shared;
+        shpool->data = shared;
     }
 
-    // Otherwise the whole zone (but the slab pool's own bookkeeping) becomes one table.
-    quiet_slab_pool(shm_zone, shpool, "api_key_limit");
+    // The rest of the zone (but the slab pool's own bookkeeping) becomes one table.
     for (ngx_uint_t pages = shpool->pfree; pages > 0; pages--) {
         size_t bytes = pages * ngx_pagesize;
         void *memory = ngx_slab_alloc(shpool, bytes);
         if (memory == nullptr) continue;
-        zone->table = apikey::CounterTable::format(memory, bytes);
-        shpool->data = memory;
+        zone->table = apikey::CounterTable::format(memory, bytes, sync);
+        shared->table_offset = static_cast<std::uint64_t>(static_cast<u_char *>(memory) -
+                                                          reinterpret_cast<u_char *>(shpool));
+        shared->table_bytes = bytes;
+        shared->magic = kLimitZoneMagic;
         return NGX_OK;
     }
     ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0, "api_key_limit_zone \"%V\" is too small",
@@ -891,10 +1076,13 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
             ngx_add_timer(ev, zone.check / 2 + ngx_random() % (zone.check / 2 + 1));
         }
     });
-    return joined ? NGX_OK : NGX_ERROR;
+    if (!joined) return NGX_ERROR;
+    start_sync(cycle);
+    return NGX_OK;
 }
 
 void exit_process(ngx_cycle_t *cycle) noexcept {
+    stop_sync(cycle);
     for_each_key_zone(cycle, [](KeyZone &zone) {
         zone.loader.join();  // a load in flight finishes (or is dropped as superseded)
         zone.shared.leave();

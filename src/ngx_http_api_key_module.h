@@ -21,9 +21,11 @@ extern "C" {
 #include "core/access_policy.h"
 #include "core/config_rules.h"
 #include "core/counter_table.h"
+#include "core/grant_ledger.h"
 #include "core/key_digest_cache.h"
 #include "core/limit_plan.h"
 #include "core/limit_policy.h"
+#include "core/redis_link.h"
 #include "core/request_id.h"
 #include "core/shared_tables.h"
 
@@ -90,11 +92,33 @@ struct KeyZone {
     KeyLoader loader;
 };
 
+// One api_key_redis: where synced limit zones exchange their batches.
+struct RedisConf {
+    ngx_str_t name;
+    apikey::RedisEndpoint endpoint;  // the password is read from password_file, never logged
+    std::string prefix = "akm:";
+};
+
+// What a limit zone keeps at the start of its shared memory, besides the
+// counters: found again by a reload that reuses the zone.
+struct LimitZoneShared {
+    std::uint64_t magic;
+    std::uint64_t table_offset;  // from the slab pool's start
+    std::uint64_t table_bytes;
+    std::uint64_t sync_owner;  // owner_lock: one sync thread at a time (old and new workers)
+};
+
 // One api_key_limit_zone: rate-limit counters that outlive reloads.
 struct LimitZone {
     ngx_str_t name;
     apikey::CounterTable table;
     ngx_msec_t warned_at = 0;  // per worker: a full zone is logged at most every 10 s
+    // Cluster mode (sync=): the Redis it syncs through, and how.
+    ngx_str_t redis_name = ngx_null_string;
+    RedisConf *redis = nullptr;
+    apikey::SyncConfig sync;
+    LimitZoneShared *shared = nullptr;
+    bool synced() const noexcept { return redis != nullptr; }
 };
 
 // api_key_limit lines per configuration level.
@@ -124,6 +148,7 @@ struct ApiKeyMainConf {
     // when the header is hidden (their cached values hold the key).
     ngx_array_t carrier_variables;  // of ngx_uint_t
     ngx_array_t source_headers;     // of ngx_str_t: every header=NAME of api_key_source
+    ngx_array_t redis;              // of RedisConf *
 };
 
 struct ApiKeyLocConf {
@@ -157,6 +182,26 @@ ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t header_filter(ngx_http_request_t *r) noexcept;
 ngx_int_t status_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
+
+// Process lifetime of cluster mode (ngx_http_api_key_sync.cpp): worker 0
+// runs the sync thread; every worker stops it at exit.
+void start_sync(ngx_cycle_t *cycle) noexcept;
+void stop_sync(ngx_cycle_t *cycle) noexcept;
+
+// Distinguishes limit zones from key zones among nginx's shared zones.
+extern int limit_zone_tag;
+
+template <typename F>
+void for_each_limit_zone(ngx_cycle_t *cycle, F &&f) noexcept {
+    for (ngx_list_part_t *part = &cycle->shared_memory.part; part; part = part->next) {
+        auto *zones = static_cast<ngx_shm_zone_t *>(part->elts);
+        for (ngx_uint_t i = 0; i < part->nelts; i++) {
+            if (zones[i].tag == &limit_zone_tag && zones[i].data != nullptr) {
+                f(*static_cast<LimitZone *>(zones[i].data));
+            }
+        }
+    }
+}
 
 template <typename F>
 void for_each_key_zone(ngx_cycle_t *cycle, F &&f) noexcept {

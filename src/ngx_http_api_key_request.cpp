@@ -14,7 +14,9 @@
 #include "core/credential.h"
 #include "core/outcome.h"
 #include "core/ratelimit_fields.h"
+#include "core/shm_atomic.h"
 #include "core/status_report.h"
+#include "core/sync_batch.h"
 
 namespace ngx_api_key {
 
@@ -47,7 +49,8 @@ struct LimitReport {
     ngx_uint_t headers = kLimitHeadersX;
     size_t entries = 0;  // filled only when the IETF fields are sent
     size_t decided = 0;  // entries[0, decided) have RateLimit values
-    apikey::RateLimitEntry entry[kMaxLimits];
+    apikey::RateLimitEntry *entry =
+        nullptr;  // kMaxLimits, from the pool when the IETF fields are on
 };
 
 // A budget this request has spent (or, in dry run, only looked at). Each
@@ -102,7 +105,7 @@ struct RequestCtx {
     LimitReport limit;
 
     size_t spent_count;
-    SpentBudget spent[kMaxSpent];
+    SpentBudget *spent;  // kMaxSpent, from the pool once a limit applies
 
     // X-RateLimit-Limit, -Remaining and -Reset, written without the pool.
     u_char rate_limit_digits[3][NGX_INT64_LEN];
@@ -146,6 +149,7 @@ RequestCtx *main_ctx(ngx_http_request_t *r) noexcept {
     ctx->dry_run = false;
     ctx->counted = false;
     ctx->spent_count = 0;
+    ctx->spent = nullptr;
     cln->handler = ctx_marker;
     ngx_http_set_ctx(r->main, ctx, ngx_http_api_key_module);
     request_ids.next(ctx->request_id);
@@ -280,6 +284,18 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
     const bool commit = !lcf->dry_run;
     const size_t spent_before = r == r->main ? 0 : ctx->spent_count;
     const bool ietf = (lcf->limit_headers & kLimitHeadersIetf) != 0;
+    // Allocated on first use: a request without limits keeps its context
+    // small enough for the request pool's first block.
+    if (ctx->spent == nullptr) {
+        ctx->spent = static_cast<SpentBudget *>(
+            ngx_palloc(r->pool, kMaxSpent * sizeof(SpentBudget)));
+        if (ctx->spent == nullptr) return Outcome::internal_error;
+    }
+    if (ietf && report.entry == nullptr) {
+        report.entry = static_cast<apikey::RateLimitEntry *>(
+            ngx_palloc(r->pool, kMaxLimits * sizeof(apikey::RateLimitEntry)));
+        if (report.entry == nullptr) return Outcome::internal_error;
+    }
     if (ietf) {
         for (const apikey::PlannedBudget &b : plan) {
             report.entry[report.entries++] = {category, b.rate, 0, 0};
@@ -808,7 +824,29 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
             report.usage = &zone.shared.usage();
             zones.push_back(report);
         });
-        text = prometheus ? apikey::status_prometheus(zones) : apikey::status_json(zones);
+        std::vector<apikey::LimitZoneReport> limit_zones;
+        const std::int64_t now = static_cast<std::int64_t>(ngx_current_msec);
+        for_each_limit_zone(const_cast<ngx_cycle_t *>(ngx_cycle), [&](LimitZone &zone) {
+            if (!zone.table.valid()) return;
+            apikey::LimitZoneReport report;
+            report.zone = to_view(zone.name);
+            report.counters = zone.table.capacity();
+            report.synced = zone.synced();
+            if (report.synced) {
+                const apikey::SyncNodeState &node = zone.table.sync_node();
+                report.degraded = apikey::sync_degraded(node, zone.sync, now);
+                report.last_success_ms_ago = now - apikey::load_relaxed(&node.last_success_ms);
+                report.batches = apikey::load_relaxed(&node.batches);
+                report.failures = apikey::load_relaxed(&node.failures);
+                report.epoch_changes = apikey::load_relaxed(&node.epoch_changes);
+                report.granted = apikey::load_relaxed(&node.granted);
+                report.reported = apikey::load_relaxed(&node.reported);
+                report.last_batch_budgets = apikey::load_relaxed(&node.last_batch_budgets);
+            }
+            limit_zones.push_back(report);
+        });
+        text = prometheus ? apikey::status_prometheus(zones, limit_zones)
+                          : apikey::status_json(zones, limit_zones);
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "api_key_status: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

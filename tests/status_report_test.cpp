@@ -102,9 +102,36 @@ const Value *usage_of(const Value &zone, std::string_view id) {
 
 TEST(StatusJson, NoZones) {
     const std::string text = status_json({});
-    EXPECT_EQ(text, "{\"zones\":[]}\n");
+    EXPECT_EQ(text, "{\"zones\":[],\"limit_zones\":[]}\n");
     const Value doc = parse_json(text);
     EXPECT_EQ(at(doc, "zones").kind, Value::array);
+}
+
+TEST(StatusJson, SyncedLimitZonesReportTheirSyncState) {
+    LimitZoneReport plain;
+    plain.zone = "local";
+    plain.counters = 100;
+    LimitZoneReport synced;
+    synced.zone = "shared";
+    synced.counters = 50;
+    synced.synced = true;
+    synced.degraded = true;
+    synced.batches = 7;
+    synced.failures = 2;
+    const Value doc = parse_json(status_json({}, {plain, synced}));
+    const Value &zones = at(doc, "limit_zones");
+    ASSERT_EQ(zones.kind, Value::array);
+    ASSERT_EQ(zones.items.size(), 2u);
+    EXPECT_EQ(at(zones.items[0], "synced").kind, Value::boolean);
+    EXPECT_EQ(at(at(zones.items[1], "sync"), "state").str, "degraded");
+    EXPECT_EQ(at(at(zones.items[1], "sync"), "batches").str, "7");
+    const std::string prom = status_prometheus({}, {plain, synced});
+    EXPECT_NE(prom.find("api_key_sync_state{zone=\"shared\",state=\"degraded\"} 1"),
+              std::string::npos)
+        << prom;
+    EXPECT_NE(prom.find("api_key_sync_failures_total{zone=\"shared\"} 2"), std::string::npos);
+    EXPECT_EQ(prom.find("zone=\"local\""), std::string::npos)
+        << "unsynced zones have no sync series";
 }
 
 TEST(StatusJson, ZoneWithoutUsageTable) {

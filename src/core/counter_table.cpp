@@ -1,5 +1,10 @@
 #include "counter_table.h"
 
+#include <sys/random.h>
+
+#include <time.h>
+
+#include <chrono>
 #include <new>
 
 #include "owner_lock.h"
@@ -11,10 +16,46 @@ namespace {
 
 constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
 // 2: 64-bit owner identities in the locks; 3: exact log / 50-bucket window
-// (WindowState of 216 bytes, slots of 248).
-constexpr std::uint32_t kCounterLayout = 3;
+// (WindowState of 216 bytes, slots of 248); 4: synced tables (the layout
+// word then also carries kSyncedLayout; unsynced ones are laid out as in 3).
+constexpr std::uint32_t kCounterLayout = 4;
+constexpr std::uint32_t kSyncedLayout = 0x0001'0000;
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
+
+// Bytes before the first slot: the header, and a synced table's sync header.
+std::size_t head_bytes(bool synced) noexcept {
+    std::size_t head = sizeof(CounterTableHeader);
+    if (synced) head = align_up(head, alignof(CounterSyncHeader)) + sizeof(CounterSyncHeader);
+    return align_up(head, alignof(CounterSlot));
+}
+
+CounterSyncHeader *sync_header_of(void *memory) noexcept {
+    return reinterpret_cast<CounterSyncHeader *>(
+        static_cast<unsigned char *>(memory) +
+        align_up(sizeof(CounterTableHeader), alignof(CounterSyncHeader)));
+}
+
+bool same_config(const CounterSyncHeader &h, const SyncConfig &c) noexcept {
+    return h.interval_ms == c.interval_ms && h.timeout_ms == c.timeout_ms &&
+           h.overdraft == c.overdraft && h.fail_after_ms == c.fail_after_ms &&
+           h.fail == static_cast<std::uint32_t>(c.fail);
+}
+
+// Never 0; two nodes with one id would share a sequence.
+std::uint64_t random_node_id() noexcept {
+    std::uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != static_cast<ssize_t>(sizeof id)) {
+        // No entropy source: the clock and an address, mixed.
+        id = static_cast<std::uint64_t>(
+                 std::chrono::high_resolution_clock::now().time_since_epoch().count()) ^
+             reinterpret_cast<std::uintptr_t>(&id);
+        id ^= id >> 33;
+        id *= 0xff51afd7ed558ccdull;
+        id ^= id >> 33;
+    }
+    return id != 0 ? id : 1;
+}
 
 std::uint64_t load_budget(const CounterSlot &slot) noexcept { return load_acquire(&slot.budget); }
 
@@ -40,33 +81,73 @@ std::uint64_t budget_id(char kind, std::string_view who, std::string_view catego
     return h != 0 ? h : 1;
 }
 
-std::size_t CounterTable::capacity_for(std::size_t bytes) noexcept {
-    const std::size_t head = align_up(sizeof(CounterTableHeader), alignof(CounterSlot));
-    return bytes > head ? (bytes - head) / sizeof(CounterSlot) : 0;
+std::size_t CounterTable::capacity_for(std::size_t bytes, bool synced) noexcept {
+    const std::size_t head = head_bytes(synced);
+    const std::size_t per = synced ? kSyncedCounterBytes : kCounterBytes;
+    return bytes > head ? (bytes - head) / per : 0;
 }
 
-CounterTable CounterTable::format(void *memory, std::size_t bytes) noexcept {
+void CounterTable::attach_sync(CounterSyncHeader *sync, const SyncConfig &config) noexcept {
+    sync_ = sync;
+    ledgers_ = reinterpret_cast<SyncLedger *>(slots_ + header_->capacity);
+    sync_config_ = config;
+}
+
+const SyncNodeState &CounterTable::sync_node() const noexcept {
+    static const SyncNodeState unsynced{};
+    return sync_ != nullptr ? sync_->node : unsynced;
+}
+
+CounterTable CounterTable::format(void *memory, std::size_t bytes,
+                                  const SyncConfig *sync) noexcept {
+    struct timespec ts {};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return format(memory, bytes, sync,
+                  static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1'000'000);
+}
+
+CounterTable CounterTable::format(void *memory, std::size_t bytes, const SyncConfig *sync,
+                                  std::int64_t now_ms) noexcept {
+    const bool synced = sync != nullptr;
     auto *header = new (memory) CounterTableHeader{};
     header->magic = kCounterMagic;
-    header->layout_version = kCounterLayout;
-    header->capacity = capacity_for(bytes);
-    auto *slots = reinterpret_cast<CounterSlot *>(
-        static_cast<unsigned char *>(memory) +
-        align_up(sizeof(CounterTableHeader), alignof(CounterSlot)));
+    header->layout_version = kCounterLayout | (synced ? kSyncedLayout : 0);
+    header->capacity = capacity_for(bytes, synced);
+    auto *slots = reinterpret_cast<CounterSlot *>(static_cast<unsigned char *>(memory) +
+                                                  head_bytes(synced));
     for (std::uint64_t i = 0; i < header->capacity; i++) new (&slots[i]) CounterSlot{};
-    return CounterTable(header, slots);
+    CounterTable table(header, slots);
+    if (synced) {
+        auto *sh = new (sync_header_of(memory)) CounterSyncHeader{};
+        sh->interval_ms = sync->interval_ms;
+        sh->timeout_ms = sync->timeout_ms;
+        sh->overdraft = sync->overdraft;
+        sh->fail_after_ms = sync->fail_after_ms;
+        sh->fail = static_cast<std::uint32_t>(sync->fail);
+        sync_node_init(sh->node, random_node_id(), now_ms);
+        table.attach_sync(sh, *sync);
+        for (std::uint64_t i = 0; i < header->capacity; i++) {
+            ledger_init(*new (&table.ledgers_[i]) SyncLedger{}, sh->node.epoch_gen);
+        }
+    }
+    return table;
 }
 
-CounterTable CounterTable::adopt(void *memory, std::size_t bytes) noexcept {
+CounterTable CounterTable::adopt(void *memory, std::size_t bytes, const SyncConfig *sync) noexcept {
+    const bool synced = sync != nullptr;
     auto *header = static_cast<CounterTableHeader *>(memory);
-    if (header->magic != kCounterMagic || header->layout_version != kCounterLayout ||
-        header->capacity != capacity_for(bytes)) {
+    if (header->magic != kCounterMagic ||
+        header->layout_version != (kCounterLayout | (synced ? kSyncedLayout : 0)) ||
+        header->capacity != capacity_for(bytes, synced)) {
         return {};
     }
-    auto *slots = reinterpret_cast<CounterSlot *>(
-        static_cast<unsigned char *>(memory) +
-        align_up(sizeof(CounterTableHeader), alignof(CounterSlot)));
-    return CounterTable(header, slots);
+    CounterSyncHeader *sh = synced ? sync_header_of(memory) : nullptr;
+    if (synced && (!same_config(*sh, *sync) || sh->node.node_id == 0)) return {};
+    auto *slots = reinterpret_cast<CounterSlot *>(static_cast<unsigned char *>(memory) +
+                                                  head_bytes(synced));
+    CounterTable table(header, slots);
+    if (synced) table.attach_sync(sh, *sync);
+    return table;
 }
 
 std::uint64_t CounterTable::evicted_active() const noexcept {
@@ -146,6 +227,11 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
     chosen->period_ms = limit.period_ms;
     chosen->last_used_ms = now_ms;
     window_reset(chosen->window);
+    if (ledgers_ != nullptr) {
+        // A budget new to this node: no lease, nothing unacked; its history
+        // (none) is in Redis for the node's current epoch.
+        ledger_init(ledgers_[chosen - slots_], load_acquire(&sync_->node.epoch_gen));
+    }
     store_release(&chosen->budget, budget);
     return chosen;
 }
@@ -161,6 +247,18 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
             window_reset(empty);
             r.decision = window_consume(empty, limit, now_ms, false);
             r.slot = ~std::uint64_t{0};
+            if (ledgers_ != nullptr && r.decision.allowed) {
+                SyncLedger fresh;
+                ledger_init(fresh, load_acquire(&sync_->node.epoch_gen));
+                const LedgerContext ctx = sync_context(sync_->node, sync_config_, now_ms);
+                r.synced = true;
+                r.ledger = ledger_admit(fresh, sync_config_, ctx, r.decision, false);
+                r.decision.allowed = r.ledger.allowed;
+                r.decision.remaining = r.ledger.allowed ? r.ledger.remaining : 0;
+                r.decision.reset_s = r.ledger.reset_s;
+                r.decision.retry_after_s = r.ledger.allowed ? 0 : r.ledger.retry_after_s;
+                r.decision.next_free_s = r.ledger.next_free_s;
+            }
             return r;
         }
         owner_lock(&header_->claim_lock, self);
@@ -179,8 +277,34 @@ CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std
     r.decision = window_consume(slot->window, limit, now_ms, commit);
     if (commit) slot->last_used_ms = now_ms;
     r.slot = static_cast<std::uint64_t>(slot - slots_);
+    // Unsynced tables: one predictable branch.
+    if (__builtin_expect(ledgers_ != nullptr, 0) && r.decision.allowed) {
+        consume_synced(*slot, r, now_ms, commit);
+    }
     owner_unlock(&slot->lock);
     return r;
+}
+
+// Under the slot's lock, after the local window accepted (and counted, when
+// commit) the request.
+void CounterTable::consume_synced(CounterSlot &slot, CounterResult &r, std::int64_t now_ms,
+                                  bool commit) noexcept {
+    SyncLedger &ledger = ledgers_[r.slot];
+    const LedgerContext ctx = sync_context(sync_->node, sync_config_, now_ms);
+    r.synced = true;
+    r.ledger = ledger_admit(ledger, sync_config_, ctx, r.decision, commit);
+    if (!r.ledger.allowed) {
+        // Spends nothing: the local window takes the request back.
+        if (commit) window_refund(slot.window, r.decision.counted_at_ms);
+        r.decision.allowed = false;
+        r.decision.remaining = 0;
+        r.decision.retry_after_s = r.ledger.retry_after_s;
+    } else {
+        r.decision.remaining = r.ledger.remaining;
+        r.decision.retry_after_s = 0;
+    }
+    r.decision.reset_s = r.ledger.reset_s;
+    r.decision.next_free_s = r.ledger.next_free_s;
 }
 
 void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
@@ -188,7 +312,11 @@ void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
     if (result.slot >= header_->capacity || !result.decision.allowed) return;
     CounterSlot &slot = slots_[result.slot];
     owner_lock(&slot.lock, self);
-    if (slot.budget == budget) window_refund(slot.window, result.decision.counted_at_ms);
+    if (slot.budget == budget) {
+        window_refund(slot.window, result.decision.counted_at_ms);
+        if (ledgers_ != nullptr && result.synced)
+            ledger_refund(ledgers_[result.slot], result.ledger);
+    }
     owner_unlock(&slot.lock);
 }
 

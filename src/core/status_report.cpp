@@ -88,7 +88,8 @@ void label(std::string &out, std::string_view name, std::string_view value) {
 
 }  // namespace
 
-std::string status_json(const std::vector<ZoneReport> &zones) {
+std::string status_json(const std::vector<ZoneReport> &zones,
+                        const std::vector<LimitZoneReport> &limit_zones) {
     std::string out = "{\"zones\":[";
     for (std::size_t z = 0; z < zones.size(); z++) {
         const ZoneReport &r = zones[z];
@@ -144,11 +145,34 @@ std::string status_json(const std::vector<ZoneReport> &zones) {
         }
         out += "]}";
     }
+    out += "],\"limit_zones\":[";
+    for (std::size_t z = 0; z < limit_zones.size(); z++) {
+        const LimitZoneReport &l = limit_zones[z];
+        if (z) out += ',';
+        out += "{\"name\":";
+        json_string(out, l.zone);
+        out += ",\"counters\":" + std::to_string(l.counters);
+        out += ",\"synced\":";
+        out += l.synced ? "true" : "false";
+        if (l.synced) {
+            out += ",\"sync\":{\"state\":";
+            out += l.degraded ? "\"degraded\"" : "\"ok\"";
+            out += ",\"last_success_ms_ago\":" + std::to_string(l.last_success_ms_ago);
+            out += ",\"batches\":" + std::to_string(l.batches);
+            out += ",\"failures\":" + std::to_string(l.failures);
+            out += ",\"epoch_changes\":" + std::to_string(l.epoch_changes);
+            out += ",\"granted\":" + std::to_string(l.granted);
+            out += ",\"reported\":" + std::to_string(l.reported);
+            out += ",\"last_batch_budgets\":" + std::to_string(l.last_batch_budgets) + '}';
+        }
+        out += '}';
+    }
     out += "]}\n";
     return out;
 }
 
-std::string status_prometheus(const std::vector<ZoneReport> &zones) {
+std::string status_prometheus(const std::vector<ZoneReport> &zones,
+                              const std::vector<LimitZoneReport> &limit_zones) {
     std::string out;
     auto help = [&out](const char *name, const char *type, const char *text) {
         out += "# HELP ";
@@ -246,6 +270,54 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones) {
     }
     help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");
     out += last_used;
+
+    bool any_synced = false;
+    for (const LimitZoneReport &l : limit_zones) any_synced |= l.synced;
+    if (!any_synced) return out;
+    help("api_key_sync_state", "gauge", "Cluster sync state of a limit zone (1 for the current).");
+    for (const LimitZoneReport &l : limit_zones) {
+        if (!l.synced) continue;
+        for (const char *state : {"ok", "degraded"}) {
+            out += "api_key_sync_state{";
+            label(out, "zone", l.zone);
+            out += ',';
+            label(out, "state", state);
+            out += "} ";
+            out += (l.degraded == (std::string_view(state) == "degraded")) ? "1\n" : "0\n";
+        }
+    }
+    const struct {
+        const char *name;
+        const char *text;
+        std::uint64_t LimitZoneReport::*field;
+    } counters[] = {
+        {"api_key_sync_batches_total", "Batches exchanged with Redis.", &LimitZoneReport::batches},
+        {"api_key_sync_failures_total", "Batches that failed (timeout, connection).",
+         &LimitZoneReport::failures},
+        {"api_key_sync_epoch_changes_total", "Times Redis was found to have lost its data.",
+         &LimitZoneReport::epoch_changes},
+        {"api_key_sync_granted_total", "Requests granted by Redis.", &LimitZoneReport::granted},
+        {"api_key_sync_overdraft_reported_total", "Overdraft requests reported to Redis.",
+         &LimitZoneReport::reported},
+    };
+    for (const auto &c : counters) {
+        help(c.name, "counter", c.text);
+        for (const LimitZoneReport &l : limit_zones) {
+            if (!l.synced) continue;
+            out += c.name;
+            out += '{';
+            label(out, "zone", l.zone);
+            out += "} " + std::to_string(l.*c.field) + '\n';
+        }
+    }
+    help("api_key_sync_last_success_seconds", "gauge",
+         "Seconds since the last exchange with Redis.");
+    for (const LimitZoneReport &l : limit_zones) {
+        if (!l.synced) continue;
+        out += "api_key_sync_last_success_seconds{";
+        label(out, "zone", l.zone);
+        out += "} " + std::to_string(l.last_success_ms_ago / 1000) + '\n';
+    }
     return out;
 }
 

@@ -22,9 +22,26 @@ struct ZoneReport {
     const UsageTable *usage = nullptr;
 };
 
+// One api_key_limit_zone; the sync fields only when it is synced (cluster mode).
+struct LimitZoneReport {
+    std::string_view zone;
+    std::uint64_t counters = 0;  // capacity
+    bool synced = false;
+    bool degraded = false;  // no exchange with Redis for fail_after
+    std::int64_t last_success_ms_ago = 0;
+    std::uint64_t batches = 0;
+    std::uint64_t failures = 0;
+    std::uint64_t epoch_changes = 0;
+    std::uint64_t granted = 0;
+    std::uint64_t reported = 0;  // overdraft reported to Redis
+    std::uint64_t last_batch_budgets = 0;
+};
+
 // Both list only keys that were used since the zone was created; they may
 // throw std::bad_alloc (the caller answers 500).
-std::string status_json(const std::vector<ZoneReport> &zones);
-std::string status_prometheus(const std::vector<ZoneReport> &zones);
+std::string status_json(const std::vector<ZoneReport> &zones,
+                        const std::vector<LimitZoneReport> &limit_zones = {});
+std::string status_prometheus(const std::vector<ZoneReport> &zones,
+                              const std::vector<LimitZoneReport> &limit_zones = {});
 
 }  // namespace apikey
