@@ -39,6 +39,7 @@
 #include "core/counter_table.h"
 #include "core/grant_script.h"
 #include "core/redis_link.h"
+#include "support/redis_server.h"
 
 extern char **environ;
 
@@ -694,101 +695,7 @@ TEST(SyncEngine, ConcurrentRequestsAndTicks) {
 
 // ---- a real Redis ----------------------------------------------------------------
 
-std::string find_redis_server() {
-    for (const char *dir : {"/usr/bin", "/usr/sbin", "/usr/local/bin"}) {
-        const std::string candidate = std::string(dir) + "/redis-server";
-        if (access(candidate.c_str(), X_OK) == 0) return candidate;
-    }
-    return {};
-}
-
-int free_port() {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = 0;
-    if (bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0 &&
-        getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0) {
-        port = ntohs(a.sin_port);
-    }
-    close(fd);
-    return port;
-}
-
-class RedisServer {
-public:
-    bool start(std::string &error) {
-        const std::string bin = find_redis_server();
-        if (bin.empty()) {
-            error = "redis-server is not installed (apt-get install redis-server)";
-            return false;
-        }
-        for (int attempt = 0; attempt < 5; attempt++) {
-            port_ = free_port();
-            std::vector<std::string> argv = {bin,
-                                             "--port",
-                                             std::to_string(port_),
-                                             "--bind",
-                                             "127.0.0.1",
-                                             "--save",
-                                             "",
-                                             "--appendonly",
-                                             "no",
-                                             "--logfile",
-                                             "",
-                                             "--daemonize",
-                                             "no"};
-            std::vector<char *> cargv;
-            for (std::string &s : argv) cargv.push_back(s.data());
-            cargv.push_back(nullptr);
-            posix_spawn_file_actions_t fa;
-            posix_spawn_file_actions_init(&fa);
-            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-            posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-            const int rc = posix_spawn(&pid_, bin.c_str(), &fa, nullptr, cargv.data(), environ);
-            posix_spawn_file_actions_destroy(&fa);
-            if (rc != 0) {
-                error = "cannot start redis-server";
-                return false;
-            }
-            for (int i = 0; i < 500; i++) {
-                auto link = make_hiredis_link();
-                if (link->connect(endpoint()).ok && link->command({"PING"}).ok) return true;
-                int status = 0;
-                if (waitpid(pid_, &status, WNOHANG) == pid_) {
-                    pid_ = 0;
-                    break;
-                }
-                std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            }
-            stop();
-        }
-        error = "redis-server did not come up";
-        return false;
-    }
-    void stop() {
-        if (pid_ > 0) {
-            kill(pid_, SIGKILL);
-            int status = 0;
-            waitpid(pid_, &status, 0);
-            pid_ = 0;
-        }
-    }
-    ~RedisServer() { stop(); }
-    RedisEndpoint endpoint() const {
-        RedisEndpoint ep;
-        ep.address = "127.0.0.1:" + std::to_string(port_);
-        ep.timeout_ms = 1000;
-        ep.connect_timeout_ms = 1000;
-        return ep;
-    }
-
-private:
-    pid_t pid_ = 0;
-    int port_ = 0;
-};
+using test::RedisServer;
 
 // Two nodes, the real script on a real Redis: a burst of 3N on a fresh
 // budget, alternating between the nodes with ticks in between, accepts at
