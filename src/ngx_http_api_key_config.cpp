@@ -885,7 +885,7 @@ ngx_int_t init_module(ngx_cycle_t *cycle) noexcept {
         if (!zone.staged) return;
         zone.config = zone.shared.publish_staged(ngx_time());
         zone.staged = false;
-        const apikey::SharedTablesState *state = zone.shared.state();
+        [[maybe_unused]] const apikey::SharedTablesState *state = zone.shared.state();
         ngx_log_debug3(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
                        "api_key_zone: published generation %uL, configuration %uL, %uL keys",
                        state->generation, zone.config, state->keys);

@@ -211,6 +211,13 @@ InstallResult SharedTables::install(const TableImage &image, const FileIdentity 
         memory_->release(p);
         return InstallResult::superseded;
     }
+    // Again under the lock: another writer may have taken the last retired
+    // entry meanwhile, and a table that cannot be retired would be abandoned.
+    if (!has_retired_room()) {
+        memory_->release(p);
+        error = "too many replaced key tables are still being read";
+        return InstallResult::no_room;
+    }
     publish_locked(offset, image.table().key_count(), file, path, now);
     return InstallResult::installed;
 }
