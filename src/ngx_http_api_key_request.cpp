@@ -842,6 +842,8 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
                 report.granted = apikey::load_relaxed(&node.granted);
                 report.reported = apikey::load_relaxed(&node.reported);
                 report.last_batch_budgets = apikey::load_relaxed(&node.last_batch_budgets);
+                report.last_batch_ms = apikey::load_relaxed(&node.last_batch_ms);
+                report.refused_no_grant = apikey::load_relaxed(&node.refused_no_grant);
             }
             limit_zones.push_back(report);
         });

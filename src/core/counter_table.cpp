@@ -18,7 +18,7 @@ constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
 // 2: 64-bit owner identities in the locks; 3: exact log / 50-bucket window
 // (WindowState of 216 bytes, slots of 248); 4: synced tables (the layout
 // word then also carries kSyncedLayout; unsynced ones are laid out as in 3).
-constexpr std::uint32_t kCounterLayout = 4;
+constexpr std::uint32_t kCounterLayout = 5;
 constexpr std::uint32_t kSyncedLayout = 0x0001'0000;
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
@@ -296,6 +296,7 @@ void CounterTable::consume_synced(CounterSlot &slot, CounterResult &r, std::int6
     if (!r.ledger.allowed) {
         // Spends nothing: the local window takes the request back.
         if (commit) window_refund(slot.window, r.decision.counted_at_ms);
+        fetch_add_relaxed(&sync_->node.refused_no_grant, std::uint64_t{1});
         r.decision.allowed = false;
         r.decision.remaining = 0;
         r.decision.retry_after_s = r.ledger.retry_after_s;

@@ -163,7 +163,9 @@ std::string status_json(const std::vector<ZoneReport> &zones,
             out += ",\"epoch_changes\":" + std::to_string(l.epoch_changes);
             out += ",\"granted\":" + std::to_string(l.granted);
             out += ",\"reported\":" + std::to_string(l.reported);
-            out += ",\"last_batch_budgets\":" + std::to_string(l.last_batch_budgets) + '}';
+            out += ",\"last_batch_budgets\":" + std::to_string(l.last_batch_budgets);
+            out += ",\"last_batch_ms\":" + std::to_string(l.last_batch_ms);
+            out += ",\"refused_no_grant\":" + std::to_string(l.refused_no_grant) + '}';
         }
         out += '}';
     }
@@ -299,6 +301,8 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones,
         {"api_key_sync_granted_total", "Requests granted by Redis.", &LimitZoneReport::granted},
         {"api_key_sync_overdraft_reported_total", "Overdraft requests reported to Redis.",
          &LimitZoneReport::reported},
+        {"api_key_sync_refused_no_grant_total", "Requests refused for lack of a grant.",
+         &LimitZoneReport::refused_no_grant},
     };
     for (const auto &c : counters) {
         help(c.name, "counter", c.text);

@@ -35,6 +35,8 @@ struct LimitZoneReport {
     std::uint64_t granted = 0;
     std::uint64_t reported = 0;  // overdraft reported to Redis
     std::uint64_t last_batch_budgets = 0;
+    std::uint64_t last_batch_ms = 0;
+    std::uint64_t refused_no_grant = 0;
 };
 
 // Both list only keys that were used since the zone was created; they may

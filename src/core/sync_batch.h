@@ -68,6 +68,8 @@ struct SyncNodeState {
     std::uint64_t reported;
     std::uint64_t last_batch_budgets;
     std::uint64_t quarantine_replies;
+    std::uint64_t last_batch_ms;     // how long the last batch took, send to reply (sync thread)
+    std::uint64_t refused_no_grant;  // requests refused for lack of a grant (request path, atomic)
 };
 static_assert(std::is_trivially_copyable_v<SyncNodeState>);
 

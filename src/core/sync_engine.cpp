@@ -172,6 +172,7 @@ void run_tick(CounterTable &table, CounterSyncHeader &sh_ref, RedisLink &link,
         }
     }
     result.duration_ms = now_ms() - begun;
+    store_relaxed(&node.last_batch_ms, static_cast<std::uint64_t>(result.duration_ms));
 }
 
 }  // namespace
