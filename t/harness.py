@@ -255,28 +255,7 @@ def request(port, method="GET", path="/", headers=(), body=None, timeout=10.0,
             if not chunk:
                 break
             chunks.append(chunk)
-    data = b"".join(chunks)
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("incomplete response: %r" % data[:500])
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    status = int(parts[1])
-    reason = parts[2] if len(parts) > 2 else ""
-    pairs = []
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        pairs.append((name.strip(), value.strip()))
-    hdrs = Headers(pairs)
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        body = rest  # must be empty: whatever nginx sent after the headers
-    elif "chunked" in (hdrs.get("Transfer-Encoding") or "").lower():
-        body = _dechunk(rest)
-    elif hdrs.get("Content-Length") is not None:
-        body = rest[:int(hdrs.get("Content-Length"))]
-    else:
-        body = rest
-    return Response(status, reason, hdrs, body, data)
+    return parse_response(b"".join(chunks), method)
 
 
 # --------------------------------------------------------------------------
@@ -1056,7 +1035,7 @@ def parse_response(data, method="GET"):
         pairs.append((name.strip(), value.strip()))
     hdrs = Headers(pairs)
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        body = rest
+        body = rest  # must be empty: whatever nginx sent after the headers
     elif "chunked" in (hdrs.get("Transfer-Encoding") or "").lower():
         body = _dechunk(rest)
     elif hdrs.get("Content-Length") is not None:
