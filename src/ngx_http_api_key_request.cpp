@@ -356,7 +356,7 @@ bool copy_facts(ngx_http_request_t *r, const apikey::KeyTable &table,
     if (p == nullptr) return false;
     auto put = [&p](std::string_view s) {
         ngx_str_t out = {s.size(), p};
-        p = ngx_cpymem(p, s.data(), s.size());
+        if (!s.empty()) p = ngx_cpymem(p, s.data(), s.size());  // an absent field has no data
         return out;
     };
     facts.id = put(id);
