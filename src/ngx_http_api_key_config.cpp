@@ -91,14 +91,61 @@ void discard_staged_table(void *data) noexcept {
     zone->staged = false;
 }
 
-// api_key_zone NAME:SIZE file=PATH [check=TIME];
+// A "name=value" argument: the value when the name matches.
+bool parameter(const ngx_str_t &arg, std::string_view name, ngx_str_t &value) noexcept {
+    const std::string_view text = to_view(arg);
+    if (text.size() <= name.size() || text.substr(0, name.size()) != name) return false;
+    value = {arg.len - name.size(), arg.data + name.size()};
+    return true;
+}
+
+// The smallest zone for the table, its usage counters and, with a channel,
+// the overlay, which grows with the zone (a fixed point, reached at once).
+size_t smallest_key_zone(const KeyZone &zone, const apikey::ZoneSizing &sizing) noexcept {
+    const size_t tables = sizing.smallest_zone(zone.image.size());
+    size_t size = tables;
+    for (int i = 0; i < 3 && !zone.channel.empty(); i++) {
+        size = tables + apikey::channel_state_bytes(apikey::channel_overlay_capacity(size)) +
+               ngx_pagesize;
+    }
+    return size;
+}
+
+// api_key_zone NAME:SIZE file=PATH [check=TIME] [sync=REDIS channel=NAME [verify=PEM]
+// [stale=TIME]];
 char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
     ngx_str_t *value = conf_arg<ngx_str_t>(cf);
     ngx_str_t file = ngx_null_string;
     ngx_msec_t check = 0;
+    ngx_str_t redis_name = ngx_null_string, channel = ngx_null_string, verify = ngx_null_string;
+    ngx_msec_t stale = 10000;
+    bool stale_set = false;
 
     for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
         std::string_view arg = to_view(value[i]);
+        ngx_str_t v;
+        if (parameter(value[i], "sync=", v)) {
+            redis_name = v;
+            continue;
+        }
+        if (parameter(value[i], "channel=", v)) {
+            channel = v;
+            continue;
+        }
+        if (parameter(value[i], "verify=", v)) {
+            verify = v;
+            if (ngx_conf_full_name(cf->cycle, &verify, 1) != NGX_OK) return conf_error();
+            continue;
+        }
+        if (parameter(value[i], "stale=", v)) {
+            stale = ngx_parse_time(&v, 0);
+            if (stale == static_cast<ngx_msec_t>(NGX_ERROR) || stale < 100 || stale > 86400000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid stale time \"%V\"", &value[i]);
+                return conf_error();
+            }
+            stale_set = true;
+            continue;
+        }
         if (arg.substr(0, 5) == "file=" && arg.size() > 5) {
             file.data = value[i].data + 5;
             file.len = value[i].len - 5;
@@ -147,16 +194,42 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno, "stat() \"%V\" failed", &file);
             return conf_error();
         }
-        zone->image = apikey::load_key_file(zone->path);
+        zone->redis_name = redis_name;
+        zone->channel = to_string(channel);
+        zone->stale_ms = static_cast<std::int64_t>(stale);
+        if (verify.len != 0) {
+            std::string error;
+            std::optional<apikey::Ed25519Verifier> key = apikey::Ed25519Verifier::load(
+                to_string(verify), error);
+            if (key)
+                zone->verify = std::make_shared<const apikey::Ed25519Verifier>(std::move(*key));
+            if (zone->verify == nullptr) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid verify key \"%V\": %s", &verify,
+                                   error.c_str());
+                return conf_error();
+            }
+        }
+        if (stale_set && channel.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "\"verify\" and \"stale\" need \"channel\"");
+            return conf_error();
+        }
+        if (!configure_channel(cf, *zone)) return conf_error();
+        zone->image = apikey::load_key_file(zone->load_path);
 
         const apikey::ZoneSizing sizing{ngx_pagesize, sizeof(ngx_slab_page_t)};
-        if (size < sizing.needed(zone->image.size(), zone->usage_capacity)) {
+        // A channel's state and revocation overlay take their share first.
+        const size_t channel_bytes = zone->channel.empty()
+                                         ? 0
+                                         : apikey::channel_state_bytes(
+                                               apikey::channel_overlay_capacity(size)) +
+                                               ngx_pagesize;
+        if (size < sizing.needed(zone->image.size(), zone->usage_capacity) + channel_bytes) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk "
                                "(room for two tables, for reloads and check=)",
                                &name, &file,
                                static_cast<ngx_uint_t>(zone->image.table().key_count()),
-                               sizing.smallest_zone(zone->image.size()) / 1024 + 1);
+                               smallest_key_zone(*zone, sizing) / 1024 + 1);
             return conf_error();
         }
         ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);
@@ -306,14 +379,6 @@ char *api_key_realm(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
         return conf_error();
     }
     return conf_ok();
-}
-
-// A "name=value" argument: the value when the name matches.
-bool parameter(const ngx_str_t &arg, std::string_view name, ngx_str_t &value) noexcept {
-    const std::string_view text = to_view(arg);
-    if (text.size() <= name.size() || text.substr(0, name.size()) != name) return false;
-    value = {arg.len - name.size(), arg.data + name.size()};
-    return true;
 }
 
 ApiKeyMainConf *main_conf(ngx_conf_t *cf) noexcept {
@@ -721,6 +786,17 @@ bool is_carrier_variable(const ApiKeyMainConf *amcf, const ngx_str_t &variable) 
 ngx_int_t resolve_sync(ngx_conf_t *cf) noexcept {
     ApiKeyMainConf *amcf = main_conf(cf);
     ngx_int_t rc = NGX_OK;
+    for_each_key_zone(cf->cycle, [&](KeyZone &zone) {
+        if (zone.redis_name.len == 0) return;
+        for (RedisConf *r : items<RedisConf *>(&amcf->redis)) {
+            if (to_view(r->name) == to_view(zone.redis_name)) zone.redis = r;
+        }
+        if (zone.redis == nullptr) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_redis \"%V\"",
+                               &zone.redis_name);
+            rc = NGX_ERROR;
+        }
+    });
     for_each_limit_zone(cf->cycle, [&](LimitZone &zone) {
         if (zone.redis_name.len == 0) return;
         for (RedisConf *r : items<RedisConf *>(&amcf->redis)) {
@@ -794,7 +870,8 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     // usage counters): the new table is staged beside the old one, which
     // the old workers go on reading until it is freed (core/shared_tables.h).
     auto *state = static_cast<apikey::SharedTablesState *>(shpool->data);
-    if (data == nullptr || !apikey::SharedTables::is_state(state)) {
+    const bool reused = data != nullptr && apikey::SharedTables::is_state(state);
+    if (!reused) {
         quiet_slab_pool(shm_zone, shpool, "api_key");
         state = apikey::SharedTables::create(zone->memory, zone->usage_capacity);
         if (state == nullptr) {
@@ -805,9 +882,10 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
         shpool->data = state;
     }
     zone->shared.attach(&zone->memory, state);
+    if (!init_channel(*zone, reused, shm_zone->shm.log)) return NGX_ERROR;
 
     std::string error;
-    if (!zone->shared.stage(zone->image, zone->file, zone->path, error)) {
+    if (!zone->shared.stage(zone->image, zone->file, zone->load_path, error)) {
         const apikey::ZoneSizing sizing{ngx_pagesize, sizeof(ngx_slab_page_t)};
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "api_key_zone \"%V\": %s; a zone of %uzk holds three tables of this file",
@@ -989,6 +1067,8 @@ void start_load_if_changed(KeyZone &zone, ngx_log_t *log) noexcept {
     apikey::FileIdentity file;
     const bool exists = apikey::identify_file(zone.path, file);
     const int stat_error = errno;
+    // A published version superseded this version of the file.
+    if (exists && channel_superseded(zone, file)) return;
     apikey::LoadDecision decision = apikey::decide_load(
         exists, file, state->loaded_file, shared.failed_for(file), shared.gave_up_on(file),
         state->failed_at, ngx_time(), kRetrySeconds);

@@ -14,14 +14,17 @@ extern "C" {
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
 
 #include "core/access_policy.h"
+#include "core/channel_state.h"
 #include "core/config_rules.h"
 #include "core/counter_table.h"
 #include "core/grant_ledger.h"
+#include "core/key_channel.h"
 #include "core/key_digest_cache.h"
 #include "core/limit_plan.h"
 #include "core/limit_policy.h"
@@ -46,6 +49,7 @@ public:
 };
 
 struct KeyZone;
+struct RedisConf;
 
 // check=: parses a changed key file on a thread of its own and installs it,
 // so the event loop never waits for a million keys. The event loop starts
@@ -90,6 +94,31 @@ struct KeyZone {
     apikey::SharedTables shared;  // this process's view of the zone
     ngx_event_t check_event;
     KeyLoader loader;
+
+    // Cluster mode (sync= channel=): versions and revocations published to
+    // a Redis stream (ngx_http_api_key_channel.cpp).
+    ngx_str_t redis_name = ngx_null_string;
+    RedisConf *redis = nullptr;
+    std::string channel;
+    std::string copy_path;         // the node's copy of the newest published version
+    std::string revocations_path;  // the revocations it applied, for a restart
+    std::string load_path;         // what this configuration loaded: path or copy_path
+    std::shared_ptr<const apikey::Ed25519Verifier> verify;  // verify=, null: none
+    std::int64_t stale_ms = 10000;
+    std::uint64_t copy_version = 0;   // the copy's version when it was read at configuration
+    bool loaded_copy = false;         // this configuration loaded the copy, superseding path
+    apikey::FileIdentity local_file;  // path's version when the copy superseded it
+    apikey::ChannelState *channel_state = nullptr;
+    // The sync thread's only: a version read but not installed yet.
+    apikey::TableImage pending_image;
+    std::uint64_t pending_version = 0;
+    bool read_failing = false;
+    // Worker 0's timer: what it logged last.
+    struct {
+        bool stale;
+        std::uint64_t installed, revocations, message_seq;
+    } logged{};
+    bool follows() const noexcept { return redis != nullptr; }
 };
 
 // One api_key_redis: where synced limit zones exchange their batches.
@@ -187,6 +216,15 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
 // runs the sync thread; every worker stops it at exit.
 void start_sync(ngx_cycle_t *cycle) noexcept;
 void stop_sync(ngx_cycle_t *cycle) noexcept;
+
+// Key channels (ngx_http_api_key_channel.cpp): configuration, zone set-up,
+// the sync thread's tick for one key zone and the worker's log of it.
+bool configure_channel(ngx_conf_t *cf, KeyZone &zone) noexcept;
+bool init_channel(KeyZone &zone, bool reused, ngx_log_t *log) noexcept;
+void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected) noexcept;
+void log_channel(KeyZone &zone, ngx_log_t *log) noexcept;
+// The file check= watches is the one a published version superseded.
+bool channel_superseded(const KeyZone &zone, const apikey::FileIdentity &file) noexcept;
 
 // Distinguishes limit zones from key zones among nginx's shared zones.
 extern int limit_zone_tag;

@@ -14,6 +14,7 @@
 #include "core/credential.h"
 #include "core/outcome.h"
 #include "core/ratelimit_fields.h"
+#include "core/revocation_overlay.h"
 #include "core/shm_atomic.h"
 #include "core/status_report.h"
 #include "core/sync_batch.h"
@@ -387,6 +388,21 @@ void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, Outcome outcom
     }
 }
 
+// A revocation published on the zone's channel (core/revocation_overlay.h)
+// ranks where the table's own revoked_at does: right after the lookup. It
+// can only take access away.
+void revoke_by_channel(const KeyZone *zone, const apikey::KeyTable &table,
+                       apikey::Verdict &verdict) noexcept {
+    if (verdict.outcome == Outcome::revoked_key) return;
+    const apikey::RevocationOverlay overlay(apikey::channel_overlay_memory(zone->channel_state));
+    if (overlay.empty()) return;
+    std::int64_t at = 0;
+    if (overlay.revoked(table.text(verdict.record->id), ngx_time(), &at)) {
+        verdict.outcome = Outcome::revoked_key;
+        verdict.missing_scope = {};
+    }
+}
+
 // extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
 // scopes -> limits. The zone's table is held for this function only.
 Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
@@ -424,6 +440,10 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     if (presented == Outcome::accepted) {
         verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
                                             ngx_time());
+    }
+    // After the memo, so a remembered key cannot pass it by.
+    if (zone->channel_state != nullptr && verdict.record != nullptr) {
+        revoke_by_channel(zone, table, verdict);
     }
     // Only keys the table knows are remembered: random keys cannot push
     // real ones out of the memo.
@@ -719,6 +739,7 @@ enum class Var : uintptr_t {
     error,
     request_id,
     limit_remaining,
+    sync_stale,
 };
 
 void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
@@ -736,6 +757,18 @@ void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
 ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept {
     const RequestCtx *ctx = find_ctx(r);
     v->not_found = 1;
+    if (static_cast<Var>(data) == Var::sync_stale) {
+        // The location's key zone, whether or not a key was checked yet.
+        const auto *lcf = static_cast<const ApiKeyLocConf *>(
+            ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
+        if (lcf->zone == nullptr) return NGX_OK;
+        const auto *zone = static_cast<const KeyZone *>(lcf->zone->data);
+        if (zone->channel_state == nullptr) return NGX_OK;
+        const bool stale = apikey::channel_stale(
+            zone->channel_state, static_cast<std::int64_t>(ngx_current_msec), zone->stale_ms);
+        set_value(v, stale ? "1" : "0");
+        return NGX_OK;
+    }
     if (ctx == nullptr) return NGX_OK;
     if (static_cast<Var>(data) == Var::request_id) {
         set_value(v, std::string_view(ctx->request_id, apikey::kRequestIdLength));
@@ -744,7 +777,8 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
     if (!ctx->decided) return NGX_OK;
     const KeyFacts &facts = ctx->facts;
     switch (static_cast<Var>(data)) {
-    case Var::request_id: break;
+    case Var::request_id:
+    case Var::sync_stale: break;
     case Var::error: set_value(v, apikey::describe(ctx->outcome).code); break;
     case Var::environment:
         if (ctx->presented == Outcome::accepted) {
@@ -781,6 +815,7 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
         {"api_key_error", Var::error},
         {"api_key_request_id", Var::request_id},
         {"api_key_limit_remaining", Var::limit_remaining},
+        {"api_key_sync_stale", Var::sync_stale},
     };
     for (const auto &[name, which] : vars) {
         ngx_str_t n = literal(name);
@@ -822,6 +857,22 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
             report.bytes_total = static_cast<uint64_t>(zone.memory.pool->end - zone.memory.base());
             report.bytes_free = static_cast<uint64_t>(zone.memory.pool->pfree) * ngx_pagesize;
             report.usage = &zone.shared.usage();
+            if (const apikey::ChannelState *cs = zone.channel_state) {
+                const std::int64_t now_ms = static_cast<std::int64_t>(ngx_current_msec);
+                const std::int64_t last = apikey::load_acquire(&cs->last_read_ms);
+                report.follows = true;
+                report.channel = zone.channel;
+                report.stale = apikey::channel_stale(cs, now_ms, zone.stale_ms);
+                report.last_read_ms_ago = last == 0 ? -1 : std::max<std::int64_t>(0, now_ms - last);
+                report.version = apikey::load_relaxed(&cs->loaded_version);
+                report.revoked = apikey::RevocationOverlay(
+                                     apikey::channel_overlay_memory(zone.channel_state))
+                                     .size();
+                report.revocations_applied = apikey::load_relaxed(&cs->revocations_applied);
+                report.versions_installed = apikey::load_relaxed(&cs->versions_installed);
+                report.entries_refused = apikey::load_relaxed(&cs->entries_refused);
+                report.versions_ignored = apikey::load_relaxed(&cs->versions_ignored);
+            }
             zones.push_back(report);
         });
         std::vector<apikey::LimitZoneReport> limit_zones;
@@ -844,6 +895,7 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
                 report.last_batch_budgets = apikey::load_relaxed(&node.last_batch_budgets);
                 report.last_batch_ms = apikey::load_relaxed(&node.last_batch_ms);
                 report.refused_no_grant = apikey::load_relaxed(&node.refused_no_grant);
+                report.nodes_seen = apikey::load_relaxed(&node.nodes_seen);
             }
             limit_zones.push_back(report);
         });

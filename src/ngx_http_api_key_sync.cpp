@@ -24,6 +24,7 @@
 
 #include "core/grant_script.h"
 #include "core/owner_lock.h"
+#include "core/shm_atomic.h"
 #include "core/sync_batch.h"
 #include "core/sync_engine.h"
 #include "ngx_http_api_key_module.h"
@@ -59,12 +60,19 @@ struct Target {
     Link *link;
 };
 
+struct ChannelTarget {
+    KeyZone *zone;
+    Link *link;
+};
+
 class SyncThread {
 public:
     bool running() const noexcept { return thread_.joinable(); }
 
-    bool start(std::vector<Target> targets, std::vector<std::unique_ptr<Link>> links) noexcept {
+    bool start(std::vector<Target> targets, std::vector<ChannelTarget> channels,
+               std::vector<std::unique_ptr<Link>> links) noexcept {
         targets_ = std::move(targets);
+        channels_ = std::move(channels);
         links_ = std::move(links);
         stop_ = false;
         // Signals stay with the event loop: the thread starts with all blocked.
@@ -113,8 +121,10 @@ private:
         if (!apikey::owner_try_lock(&zone.shared->sync_owner, self)) return;
         const std::int64_t now = monotonic_ms();
         if (connected(*t.link, now)) {
+            apikey::SyncTickOptions options;
+            options.zone = to_view(zone.name);
             apikey::sync_tick(zone.table, *t.link->link, script, t.link->redis->prefix,
-                              monotonic_ms, random64());
+                              monotonic_ms, random64(), options);
             if (!t.link->link->connected()) t.link->next_attempt_ms = 0;
         } else {
             apikey::sync_offline(zone.table, now);
@@ -122,13 +132,21 @@ private:
         apikey::owner_unlock(&zone.shared->sync_owner);
     }
 
+    void follow(ChannelTarget &t) noexcept {
+        const bool up = connected(*t.link, monotonic_ms());
+        follow_channel_tick(*t.zone, *t.link->link, up);
+        if (up && !t.link->link->connected()) t.link->next_attempt_ms = 0;
+    }
+
     void run() noexcept {
         const apikey::RedisScript script(apikey::kGrantScript);
-        std::uint32_t interval = 1000;
+        // Key channels are read every 100 ms, or each limit zone's interval if shorter.
+        std::uint32_t interval = 100;
         for (const Target &t : targets_) interval = std::min(interval, t.zone->sync.interval_ms);
         std::unique_lock<std::mutex> lock(mutex_);
         while (!stop_) {
             lock.unlock();
+            for (ChannelTarget &t : channels_) follow(t);
             for (Target &t : targets_) tick(t, script);
             lock.lock();
             wake_.wait_for(lock, std::chrono::milliseconds(interval), [this] { return stop_; });
@@ -136,6 +154,7 @@ private:
     }
 
     std::vector<Target> targets_;
+    std::vector<ChannelTarget> channels_;
     std::vector<std::unique_ptr<Link>> links_;
     std::thread thread_;
     std::mutex mutex_;
@@ -151,6 +170,7 @@ struct LoggedState {
     bool degraded;
 };
 std::vector<LoggedState> logged;
+std::vector<KeyZone *> logged_channels;
 ngx_event_t log_event;
 
 void log_states(ngx_event_t *ev) noexcept {
@@ -171,6 +191,7 @@ void log_states(ngx_event_t *ev) noexcept {
                           &s.zone->name, &s.zone->redis->name);
         }
     }
+    for (KeyZone *zone : logged_channels) log_channel(*zone, ev->log);
     if (!ngx_exiting && !ngx_quit && !ngx_terminate) ngx_add_timer(ev, 200);
 }
 
@@ -182,23 +203,35 @@ void start_sync(ngx_cycle_t *cycle) noexcept {
     try {
         std::vector<std::unique_ptr<Link>> links;
         std::vector<Target> targets;
+        std::vector<ChannelTarget> channels;
+        // One connection per api_key_redis, whichever zones use it.
+        auto link_to = [&](const RedisConf *redis) {
+            for (auto &l : links) {
+                if (l->redis == redis) return l.get();
+            }
+            links.push_back(std::make_unique<Link>());
+            links.back()->redis = redis;
+            links.back()->link = apikey::make_hiredis_link();
+            return links.back().get();
+        };
         for_each_limit_zone(cycle, [&](LimitZone &zone) {
             if (!zone.synced() || !zone.table.valid()) return;
-            Link *link = nullptr;
-            for (auto &l : links) {
-                if (l->redis == zone.redis) link = l.get();
-            }
-            if (link == nullptr) {
-                links.push_back(std::make_unique<Link>());
-                links.back()->redis = zone.redis;
-                links.back()->link = apikey::make_hiredis_link();
-                link = links.back().get();
-            }
-            targets.push_back({&zone, link});
+            targets.push_back({&zone, link_to(zone.redis)});
             logged.push_back({&zone, false});
         });
-        if (targets.empty()) return;
-        if (!sync_thread.start(std::move(targets), std::move(links))) {
+        for_each_key_zone(cycle, [&](KeyZone &zone) {
+            if (!zone.follows() || zone.channel_state == nullptr) return;
+            channels.push_back({&zone, link_to(zone.redis)});
+            // What happened before this worker started was logged by its predecessor.
+            const apikey::ChannelState *cs = zone.channel_state;
+            char message[apikey::kChannelMessageBytes];
+            zone.logged.installed = apikey::load_relaxed(&cs->versions_installed);
+            zone.logged.revocations = apikey::load_relaxed(&cs->revocations_applied);
+            zone.logged.message_seq = apikey::channel_read_message(cs, message);
+            logged_channels.push_back(&zone);
+        });
+        if (targets.empty() && channels.empty()) return;
+        if (!sync_thread.start(std::move(targets), std::move(channels), std::move(links))) {
             ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: cannot start the sync thread");
             return;
         }

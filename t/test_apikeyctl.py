@@ -1,11 +1,15 @@
 """SPEC "Key management CLI": apikeyctl, end to end. The real binary edits
 the key file and the real nginx with the real module loads it: a created key
 is accepted, a revoked one gets revoked_api_key after a reload, a rotation
-leaves both keys valid, and `check` says what nginx -t says.
+leaves both keys valid, and `check` says what nginx -t says. `publish` and
+`revoke --publish` write the key channel's entries (core/key_channel.h) to a
+private redis-server, read back here over RESP and checked field by field,
+signatures with the openssl command.
 
 APIKEYCTL: the binary (default <repo>/build/cmake/apikeyctl).
 """
 
+import base64
 import calendar
 import concurrent.futures
 import hashlib
@@ -19,7 +23,8 @@ import tempfile
 import time
 import unittest
 
-from harness import FUTURE, MESSAGES, PAST, REPO, KeyFile, Nginx, bearer, key_hash
+from harness import FUTURE, MESSAGES, PAST, REPO, KeyFile, Nginx, bearer, free_port, key_hash
+from test_cluster import Redis
 
 APIKEYCTL = os.path.abspath(os.environ.get(
     "APIKEYCTL", os.path.join(REPO, "build", "cmake", "apikeyctl")))
@@ -398,7 +403,7 @@ class ApikeyctlFileTest(CtlMixin, unittest.TestCase):
         top = ctl("--help")
         self.assertEqual(top.returncode, 0)
         self.assertTrue(top.stdout.startswith("Usage: apikeyctl"))
-        for cmd in ("create", "revoke", "rotate", "list", "check", "hash"):
+        for cmd in ("create", "revoke", "rotate", "list", "check", "hash", "publish"):
             self.assertIn("  " + cmd + " ", top.stdout, "the tool's help lists " + cmd)
             for args in ([cmd, "--help"], ["help", cmd], [cmd, "-h"]):
                 r = ctl(*args)
@@ -580,6 +585,261 @@ class ApikeyctlFileTest(CtlMixin, unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(os.path.islink(link), "the symlink survives the rename")
         self.assertIn(key_hash(r.stdout.strip()), self.read())
+
+
+OPENSSL = shutil.which("openssl")
+PUBLISHED_RE = re.compile(
+    r"^apikeyctl: published version (\d+) of (.+) \((\d+) keys, sha256 ([0-9a-f]{12})\u2026\) "
+    r"to channel (\S+)\n$")
+
+
+class ApikeyctlPublishTest(CtlMixin, unittest.TestCase):
+    """publish and revoke --publish against a private redis-server; no nginx.
+
+    The entries are read back with XRANGE and checked against the format of
+    core/key_channel.h; signatures are verified with `openssl pkeyutl` over
+    the canonical message, so the CLI is held to the protocol by a second
+    implementation rather than by its own reader."""
+
+    CHANNEL = "prod"
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="apikeyctl-publish-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.keyfile = os.path.join(self.dir, "keys.yaml")
+        self.redis = Redis()
+        self.addCleanup(self.redis.cleanup)
+        self.redis.start()  # SkipTest without redis-server
+        self.key1, self.id1 = self.create("--owner", "user_1", "--prefix", "jfi_sk_live_",
+                                          "--environment", "live")
+        self.key2, self.id2 = self.create("--owner", "user_2")
+        self.private = self.public = None
+
+    def make_keys(self):
+        if not OPENSSL:
+            self.skipTest("the openssl command is not installed")
+        self.private = os.path.join(self.dir, "channel.pem")
+        self.public = os.path.join(self.dir, "channel.pub")
+        subprocess.run([OPENSSL, "genpkey", "-algorithm", "ed25519", "-out", self.private],
+                       check=True, capture_output=True)
+        subprocess.run([OPENSSL, "pkey", "-in", self.private, "-pubout", "-out", self.public],
+                       check=True, capture_output=True)
+
+    def channel_args(self, port=None, channel=None):
+        return ["--redis", "127.0.0.1:%d" % (port or self.redis.port),
+                "--channel", channel or self.CHANNEL]
+
+    def publish(self, *extra, port=None):
+        return ctl("-f", self.keyfile, "publish", *self.channel_args(port), *extra)
+
+    def entries(self, channel=None):
+        """[(id, {field: value})] of the channel's stream, oldest first."""
+        raw = self.redis.command("XRANGE", "akm:k:{%s}:log" % (channel or self.CHANNEL), "-", "+")
+        out = []
+        for entry_id, fields in raw or []:
+            names = fields[0::2]
+            self.assertEqual(len(names), len(set(names)), "no field twice: %r" % fields)
+            out.append((entry_id, dict(zip(names, fields[1::2]))))
+        return out
+
+    def verify(self, fields, channel=None):
+        """openssl's verdict on the entry's signature over the canonical message."""
+        if fields["type"] == "version":
+            values = [fields[n] for n in ("v", "sha256", "size", "chunks")]
+        else:
+            values = [fields[n] for n in ("id", "at")]
+        message = "apikey-channel-v1\n%s\n%s\n" % (channel or self.CHANNEL, fields["type"])
+        message += "".join(v + "\n" for v in values)
+        msg_path = os.path.join(self.dir, "message")
+        sig_path = os.path.join(self.dir, "signature")
+        with open(msg_path, "wb") as f:
+            f.write(message.encode())
+        with open(sig_path, "wb") as f:
+            f.write(base64.b64decode(fields["sig"], validate=True))
+        r = subprocess.run([OPENSSL, "pkeyutl", "-verify", "-pubin", "-inkey", self.public,
+                            "-rawin", "-in", msg_path, "-sigfile", sig_path],
+                           capture_output=True, text=True)
+        return r.returncode == 0
+
+    def assertNoSecrets(self, r):
+        for text in (r.stdout, r.stderr):
+            for key in (self.key1, self.key2):
+                self.assertNotIn(key, text, "no key printed")
+                self.assertNotIn(key_hash(key), text, "no key hash printed")
+
+    def assertPublished(self, r, keys=2):
+        """The stderr line of a successful publish; returns the version."""
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "", "publish prints nothing on stdout")
+        m = PUBLISHED_RE.match(r.stderr)
+        self.assertIsNotNone(m, "the documented line on stderr: %r" % r.stderr)
+        with open(self.keyfile, "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        self.assertEqual(m.group(2), self.keyfile)
+        self.assertEqual(int(m.group(3)), keys)
+        self.assertEqual(m.group(4), sha[:12])
+        self.assertEqual(m.group(5), self.CHANNEL)
+        self.assertNoSecrets(r)
+        return int(m.group(1))
+
+    def test_publish_unsigned(self):
+        before = time.time()
+        r = self.publish()
+        version = self.assertPublished(r)
+        self.assertGreaterEqual(version, int(before * 1000), "unix milliseconds")
+        with open(self.keyfile, "rb") as f:
+            content = f.read()
+        sha = hashlib.sha256(content).hexdigest()
+        entries = self.entries()
+        self.assertEqual(len(entries), 1)
+        _, fields = entries[0]
+        self.assertEqual(fields, {"type": "version", "v": str(version), "sha256": sha,
+                                  "size": str(len(content)), "chunks": "1"})
+        self.assertEqual(self.redis.command("GET", "akm:k:{prod}:blob:%s:0" % sha),
+                         content.decode(), "the content is in its blob")
+        self.assertEqual(self.redis.command("TTL", "akm:k:{prod}:blob:%s:0" % sha), -1,
+                         "blobs do not expire")
+        self.assertEqual(self.redis.command("GET", "akm:k:{prod}:version"), str(version))
+
+    def test_publish_signed(self):
+        self.make_keys()
+        version = self.assertPublished(self.publish("--sign", self.private))
+        (_, fields), = self.entries()
+        self.assertEqual(fields["v"], str(version))
+        self.assertRegex(fields["sig"], r"^[A-Za-z0-9+/]{86}==$")
+        self.assertTrue(self.verify(fields), "openssl verifies the signature")
+        self.assertFalse(self.verify(dict(fields, v=str(version + 1))), "the version is signed")
+        self.assertFalse(self.verify(fields, channel="staging"), "the channel is signed")
+
+    def test_versions_increase_and_the_same_content_is_stored_once(self):
+        v1 = self.assertPublished(self.publish())
+        v2 = self.assertPublished(self.publish())
+        self.create("--owner", "user_3")
+        v3 = self.assertPublished(self.publish(), keys=3)
+        self.assertLess(v1, v2)
+        self.assertLess(v2, v3)
+        self.assertEqual([f["v"] for _, f in self.entries()], [str(v1), str(v2), str(v3)])
+        blobs = self.redis.command("KEYS", "akm:k:{prod}:blob:*")
+        self.assertEqual(len(blobs), 2, "two contents, one chunk each: %r" % blobs)
+
+    def test_redis_options(self):
+        r = self.publish("--redis-prefix", "other:", "--redis-db", "2")
+        self.assertPublished(r)
+        self.assertEqual(self.entries(), [], "nothing under the default prefix in db 0")
+        # One command per connection here: the script selects db 2 for itself.
+        self.assertEqual(self.redis.command(
+            "EVAL", "redis.call('SELECT', 2) return redis.call('XLEN', KEYS[1])", 1,
+            "other:k:{prod}:log"), 1, "the entry is in db 2 under other:")
+        # A password file is read, and its content never printed, even when refused.
+        pw = os.path.join(self.dir, "redis.pw")
+        with open(pw, "w") as f:
+            f.write("pa55-never-shown\n")
+        r = self.publish("--redis-password-file", pw)
+        self.assertEqual(r.returncode, 1, "AUTH to a Redis without a password fails")
+        self.assertIn("AUTH refused", r.stderr)
+        self.assertNotIn("pa55-never-shown", r.stderr + r.stdout)
+
+    def test_an_invalid_file_is_never_published(self):
+        with open(self.keyfile, "a") as f:
+            f.write("    colour: red\n")
+        r = self.publish()
+        self.assertEqual(r.returncode, 1)
+        self.assertRegex(r.stderr, r"^apikeyctl: %s:\d+: unknown field" % re.escape(self.keyfile),
+                         "the module reader's file:line: reason")
+        self.assertEqual(self.redis.command("KEYS", "*"), [], "nothing written to Redis")
+
+    def test_publish_errors(self):
+        self.make_keys()
+        for args, what in (([], "--redis and --channel are required"),
+                           (["--redis", "127.0.0.1:%d" % self.redis.port], "--channel is required"),
+                           (["--channel", "prod"], "--redis is required"),
+                           (["--redis", "localhost:6379", "--channel", "prod"], "numeric address"),
+                           (self.channel_args(channel="a b"), "channel name"),
+                           (self.channel_args() + ["--redis-user", "u"], "user needs a password")):
+            r = ctl("-f", self.keyfile, "publish", *args)
+            self.assertEqual(r.returncode, 2, "%s: usage error: %s" % (what, r.stderr))
+            self.assertIn("Try 'apikeyctl publish --help'.", r.stderr, what)
+        r = self.publish("--sign", self.public)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("a public key; signing needs the private key", r.stderr)
+        port = free_port()
+        r = self.publish(port=port)
+        self.assertEqual(r.returncode, 1, "Redis down")
+        self.assertEqual(r.stderr, "apikeyctl: %s: not published to channel prod: Redis "
+                         "127.0.0.1:%d: connect: Connection refused\n" % (self.keyfile, port))
+        self.assertEqual(self.redis.command("KEYS", "*"), [])
+
+    def test_revoke_publish(self):
+        self.make_keys()
+        r = ctl("-f", self.keyfile, "revoke", self.id1, self.id2, "--publish",
+                *self.channel_args(), "--sign", self.private)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("published 2 revocation(s) to channel prod", r.stderr)
+        self.assertNoSecrets(r)
+        records = self.records()
+        entries = self.entries()
+        self.assertEqual([f["id"] for _, f in entries], [self.id1, self.id2])
+        for _, f in entries:
+            self.assertEqual(set(f), {"type", "id", "at", "sig"})
+            self.assertEqual(f["type"], "revoke")
+            self.assertEqual(int(f["at"]), epoch(records[f["id"]]["revoked_at"]),
+                             "the revoked_at written to the file")
+            self.assertTrue(self.verify(f), "openssl verifies the signature")
+
+    def test_revoke_publish_sends_only_what_was_revoked_now(self):
+        self.assertEqual(ctl("-f", self.keyfile, "revoke", self.id2).returncode, 0)
+        r = ctl("-f", self.keyfile, "revoke", self.id1, self.id2, "key_unknown", "--publish",
+                *self.channel_args())
+        self.assertEqual(r.returncode, 1, "some ids were not revoked")
+        self.assertIn("published 1 revocation(s)", r.stderr)
+        self.assertEqual([f["id"] for _, f in self.entries()], [self.id1])
+        self.assertNotIn("sig", self.entries()[0][1], "unsigned without --sign")
+
+    def test_revoke_publish_with_redis_down(self):
+        self.make_keys()
+        port = free_port()
+        r = ctl("-f", self.keyfile, "revoke", self.id1, "--publish", *self.channel_args(port),
+                "--sign", self.private)
+        self.assertEqual(r.returncode, 1, "the revocation was not published")
+        self.assertEqual(self.records()[self.id1]["status"], "revoked", "the file was edited")
+        self.assertIn("the file was edited, but the revocation was NOT published to channel prod",
+                      r.stderr)
+        m = re.search(r"publish it \(it holds the revocations\) with: (apikeyctl .*)$", r.stderr,
+                      re.M)
+        self.assertIsNotNone(m, "says how to retry: %r" % r.stderr)
+        self.assertNoSecrets(r)
+        # The retry it suggests works once Redis is there.
+        later = Redis(port=port)
+        self.addCleanup(later.cleanup)
+        later.start()
+        argv = m.group(1).split()
+        self.assertEqual(argv[:4], ["apikeyctl", "-f", self.keyfile, "publish"])
+        r = ctl(*argv[1:])
+        self.assertPublished(r)
+        raw = later.command("XRANGE", "akm:k:{prod}:log", "-", "+")
+        self.assertEqual(len(raw), 1)
+        fields = dict(zip(raw[0][1][0::2], raw[0][1][1::2]))
+        self.assertEqual(fields["type"], "version")
+        self.assertTrue(self.verify(fields), "signed as the revoke would have been")
+        self.assertIn("revoked_at", later.command(
+            "GET", "akm:k:{prod}:blob:%s:0" % fields["sha256"]))
+
+    def test_revoke_options_need_publish(self):
+        r = ctl("-f", self.keyfile, "revoke", self.id1, *self.channel_args())
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("revoke: --redis needs --publish", r.stderr)
+        r = ctl("-f", self.keyfile, "revoke", self.id1, "--publish")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("revoke: --redis ADDRESS is required", r.stderr)
+        # A bad signing key is found before the file is touched.
+        bad = os.path.join(self.dir, "bad.pem")
+        with open(bad, "w") as f:
+            f.write("not a key\n")
+        r = ctl("-f", self.keyfile, "revoke", self.id1, "--publish", *self.channel_args(),
+                "--sign", bad)
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(self.records()[self.id1]["status"], "active", "nothing was revoked")
+        self.assertEqual(self.entries(), [])
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ VERBOSE = os.environ.get("CLUSTER_VERBOSE") == "1"  # print each measured window
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 SYNC_FIELDS = ("state", "last_success_ms_ago", "batches", "failures", "granted", "reported",
-               "epoch_changes", "last_batch_budgets")
+               "epoch_changes", "last_batch_budgets", "nodes_seen")
 
 
 # --------------------------------------------------------------------------
@@ -640,8 +640,9 @@ class ClusterStatusTest(ClusterCase):
 
     def test_status_shape(self):
         """api_key_status lists the synced zone with its sync fields; every
-        node reaches "ok" and exchanges batches with Redis; the Prometheus
-        output has api_key_sync_state."""
+        node reaches "ok" and exchanges batches with Redis; once all three
+        sync, each one sees all three (nodes_seen); the Prometheus output has
+        api_key_sync_state and api_key_sync_nodes."""
         self.setUp_cluster("local")
         c = self.cluster
         key = c.fresh_key()
@@ -671,12 +672,30 @@ class ClusterStatusTest(ClusterCase):
                             "got %r" % (i, sync))
             self.assertEqual(sync["failures"], 0, "node %d: no failed batch with Redis up; %r"
                              % (i, sync))
+        # Every node has synced, so each one's next reply counts all three.
+        seen = {}
+
+        def all_seen():
+            for i in range(NODES):
+                seen[i] = c.sync(i).get("nodes_seen")
+            return all(v == NODES for v in seen.values())
+
+        try:
+            wait_until(all_seen, 1.0, what="every node's nodes_seen is %d" % NODES)
+        except TimeoutError:
+            self.fail("each node's api_key_status shows nodes_seen == %d once all %d sync "
+                      "through the same Redis; got %r" % (NODES, NODES, seen))
         text = request(c.nodes[0].port, "GET", "/metrics", timeout=2).text
         lines = [l for l in text.splitlines() if l.startswith("api_key_sync_state{")]
         ok = [l for l in lines if 'zone="lz"' in l and 'state="ok"' in l]
         self.assertTrue(ok and ok[0].rstrip().endswith(" 1"),
                         "Prometheus: api_key_sync_state{zone=\"lz\",state=\"ok\"} 1; got %r"
                         % lines)
+        self.assertIn("# TYPE api_key_sync_nodes gauge", text,
+                      "Prometheus: api_key_sync_nodes is a gauge")
+        nodes = [l for l in text.splitlines() if l.startswith('api_key_sync_nodes{zone="lz"}')]
+        self.assertEqual(nodes, ['api_key_sync_nodes{zone="lz"} %d' % NODES],
+                         "Prometheus: api_key_sync_nodes{zone=\"lz\"} %d on node 0" % NODES)
 
 
 class ClusterBoundTest(ClusterCase):

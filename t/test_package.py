@@ -285,6 +285,8 @@ class PackageTest(unittest.TestCase):
         self.assertIn("libssl3", depends_names(depends), "and libcrypto's package")
         cli_depends = depends_names(field(self.cli_deb, "Depends"))
         self.assertIn("libyaml-cpp0.7", cli_depends, "apikeyctl Depends on yaml-cpp too")
+        self.assertIn("libhiredis0.14", cli_depends,
+                      "and on hiredis (publish and revoke --publish talk to Redis)")
         self.assertEqual(field(self.module_deb, "Version"), field(self.cli_deb, "Version"),
                          "both packages carry the one version of debian/changelog")
 

@@ -288,24 +288,26 @@ TEST(SyncBatch, WindowUsageOfBuckets) {
 // ---- SyncBatch -------------------------------------------------------------------
 
 RedisReply ok_reply(const std::string &epoch, std::int64_t now, std::int64_t qleft,
-                    std::int64_t seq, const std::vector<std::vector<std::int64_t>> &results) {
+                    std::int64_t seq, const std::vector<std::vector<std::int64_t>> &results,
+                    std::int64_t nodes = 1) {
     RedisReply r;
     r.type = RedisReply::Type::array;
     r.elements = {RedisReply::of_string("ok"), RedisReply::of_string(epoch),
                   RedisReply::of_integer(now), RedisReply::of_integer(qleft),
-                  RedisReply::of_integer(seq)};
+                  RedisReply::of_integer(seq), RedisReply::of_integer(nodes)};
     for (const auto &res : results) {
         for (std::int64_t v : res) r.elements.push_back(RedisReply::of_integer(v));
     }
     return r;
 }
 
-RedisReply status_reply(const char *status, const std::string &epoch, std::int64_t last) {
+RedisReply status_reply(const char *status, const std::string &epoch, std::int64_t last,
+                        std::int64_t nodes = 1) {
     RedisReply r;
     r.type = RedisReply::Type::array;
     r.elements = {RedisReply::of_string(status), RedisReply::of_string(epoch),
-                  RedisReply::of_integer(1), RedisReply::of_integer(0),
-                  RedisReply::of_integer(last)};
+                  RedisReply::of_integer(1),     RedisReply::of_integer(0),
+                  RedisReply::of_integer(last),  RedisReply::of_integer(nodes)};
     return r;
 }
 
@@ -409,15 +411,42 @@ TEST(SyncBatch, ANewGrantReplacesTheLeaseAndGivesTheRestBack) {
 
 TEST(SyncBatch, AHeartbeatWhenNobodyNeedsAnything) {
     Fixture f;
-    f.batch.begin(f.node, f.cfg, 1000, 7);
+    f.batch.begin(f.node, f.cfg, 1000, 7, "lz");
     EXPECT_FALSE(f.batch.offer(1, 1000, f.ledger, f.window));
     EXPECT_EQ(f.batch.size(), 0u);
     std::vector<std::string> keys, args;
     f.batch.script_call("akm:", keys, args);
-    ASSERT_EQ(keys.size(), 2u);
+    ASSERT_EQ(keys.size(), 3u);
     EXPECT_EQ(keys[0], "akm:epoch");
     EXPECT_EQ(keys[1], "akm:s:000000000000002a");
+    EXPECT_EQ(keys[2], "akm:n:lz") << "the zone's nodes-seen set";
     EXPECT_EQ(args.back(), "0") << "no budgets";
+}
+
+TEST(SyncBatch, EveryReplyUpdatesNodesSeen) {
+    Fixture f;
+    EXPECT_EQ(f.node.nodes_seen, 0u) << "none before the first reply";
+    std::string err;
+    f.batch.begin(f.node, f.cfg, 100, 7);
+    ASSERT_TRUE(f.batch.accept_reply(f.node, ok_reply("e:1", 9, 0, 1, {}, 3), 110, err)) << err;
+    EXPECT_EQ(f.batch.reply().nodes, 3u);
+    EXPECT_EQ(f.node.nodes_seen, 3u);
+    f.batch.begin(f.node, f.cfg, 200, 7);
+    ASSERT_TRUE(f.batch.accept_reply(f.node, status_reply("stale", "e:1", 1, 2), 210, err));
+    EXPECT_EQ(f.node.nodes_seen, 2u) << "a stale reply counts too";
+    f.batch.begin(f.node, f.cfg, 300, 7);
+    ASSERT_TRUE(f.batch.accept_reply(f.node, status_reply("epoch", "e:2", 0, 4), 310, err));
+    EXPECT_EQ(f.node.nodes_seen, 4u) << "and one from a new epoch";
+    // A failed exchange leaves the last count.
+    f.batch.begin(f.node, f.cfg, 400, 7);
+    f.batch.fail(f.node);
+    EXPECT_EQ(f.node.nodes_seen, 4u);
+    // A reply without the count (a script of another version) is malformed.
+    RedisReply old = status_reply("stale", "e:2", 1);
+    old.elements.pop_back();
+    f.batch.begin(f.node, f.cfg, 500, 7);
+    EXPECT_FALSE(f.batch.accept_reply(f.node, old, 510, err));
+    EXPECT_EQ(f.node.nodes_seen, 4u);
 }
 
 TEST(SyncBatch, AnEpochChangeReseedsFromTheLocalWindow) {
@@ -719,6 +748,45 @@ TEST(GrantScriptModel, KeysExpireOnlyAfterTheirNewestBucketLeft) {
     const GrantReply r = m.call(now, {ask(1, 100, 1000, 10)});
     const auto &h = m.store.hashes["akm:l:{0000000000000001}"];
     EXPECT_EQ(h.expire_at, now + r.results[0].reset_ms + 1);
+}
+
+TEST(GrantScriptModel, NodesSeenAreDistinctNodesOfTheZoneInTheLastTenSeconds) {
+    GrantStore store;
+    auto batch = [&](std::uint64_t node, std::uint64_t seq, const char *zone, std::int64_t now,
+                     const std::string &epoch_seen = "") {
+        GrantBatchHeader h;
+        h.node = node;
+        h.seq = seq;
+        h.zone = zone;
+        h.epoch_seen = epoch_seen;
+        h.epoch_candidate = 0xab;
+        std::vector<std::string> keys, args;
+        grant_script_call("akm:", h, {}, keys, args);
+        GrantReply out;
+        std::string err;
+        EXPECT_TRUE(parse_grant_reply(grant_model_eval(store, now, keys, args), 0, out, err))
+            << err;
+        return out;
+    };
+    EXPECT_EQ(batch(1, 1, "a", kNow).nodes, 1u) << "itself";
+    EXPECT_EQ(batch(1, 2, "a", kNow + 5).nodes, 1u) << "a node counts once";
+    EXPECT_EQ(batch(2, 1, "a", kNow + 10).nodes, 2u);
+    EXPECT_EQ(batch(3, 1, "b", kNow + 10).nodes, 1u) << "per zone";
+    EXPECT_EQ(batch(2, 1, "a", kNow + 20).status, GrantStatus::stale);
+    EXPECT_EQ(batch(2, 1, "a", kNow + 20).nodes, 2u) << "stale replies count";
+    EXPECT_EQ(batch(4, 1, "a", kNow + 30, "elsewhere:1").status, GrantStatus::epoch_changed);
+    EXPECT_EQ(batch(4, 2, "a", kNow + 30, "elsewhere:1").nodes, 3u) << "so do epoch replies";
+    const auto &z = store.zsets["akm:n:a"];
+    ASSERT_EQ(z.members.size(), 3u);
+    EXPECT_EQ(z.members.at("0000000000000001"), kNow + 5) << "scored by the latest batch";
+    EXPECT_EQ(z.expire_at, kNow + 30 + kNodeSeenMs);
+    // Node 1 was last seen at kNow + 5: still seen a ms before kNodeSeenMs
+    // later, gone at it.
+    EXPECT_EQ(batch(2, 2, "a", kNow + 5 + kNodeSeenMs - 1).nodes, 3u);
+    EXPECT_EQ(batch(2, 3, "a", kNow + 5 + kNodeSeenMs).nodes, 2u);
+    // Nobody for longer than kNodeSeenMs: the set expired; a newcomer sees itself.
+    EXPECT_EQ(batch(5, 1, "a", kNow + 5 + 3 * kNodeSeenMs).nodes, 1u);
+    EXPECT_EQ(store.zsets["akm:n:a"].members.size(), 1u);
 }
 
 }  // namespace

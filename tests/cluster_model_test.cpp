@@ -20,6 +20,10 @@
 //     (+ N per restart without memory), which also holds for every window;
 //   - a refused request spends nothing: the local windows decide exactly as
 //     before it and the ledgers' leases and overdraft are unchanged;
+//   - nodes seen: every reply's count is the number of distinct node ids
+//     whose batches Redis ran in the last kNodeSeenMs (since its last data
+//     loss), computed here independently of the model; with a healthy Redis
+//     every node ends up seeing all n;
 //   - liveness: a client sending at twice the rate, spread over the nodes,
 //     gets >= 85% of N per period when Redis and the network are healthy
 //     (D >= 1; D = 0 is reported: without waiting, a sparse node refuses
@@ -33,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <queue>
 #include <random>
 #include <string>
@@ -112,6 +117,10 @@ struct RunResult {
     std::int64_t refused = 0;
     std::int64_t batches = 0;
     std::int64_t failures = 0;
+    std::int64_t replies = 0;              // script runs, each with its nodes-seen count checked
+    std::int64_t max_nodes_seen = 0;       // in any reply
+    std::uint64_t end_nodes_seen_min = 0;  // over the nodes, their last reply's count
+    std::uint64_t end_nodes_seen_max = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -226,6 +235,8 @@ private:
     GrantStore store_;
     std::int64_t redis_offset_ = 0;
     std::vector<std::pair<std::int64_t, std::int64_t>> pauses_;
+    std::map<std::string, std::int64_t> seen_;  // node hex -> Redis ms of its latest batch run
+    std::int64_t replies_ = 0, max_nodes_seen_ = 0;
 
     // what the checker needs
     std::vector<std::pair<std::int64_t, bool>> accepted_;  // real time, in fail=local fallback
@@ -415,7 +426,7 @@ void Sim::on_tick(int j, std::int64_t t) {
     Node &node = nodes_[j];
     if (node.waiting) return;  // the thread still waits for the last batch
     const std::int64_t now = node_now(node, t);
-    node.batch.begin(node.state, config_, now, rng_());
+    node.batch.begin(node.state, config_, now, rng_(), "lz");
     for (std::size_t k = 0; k < node.budgets.size(); k++) {
         node.batch.offer(budget_id(k), sc_.period_ms, node.budgets[k].ledger,
                          node.budgets[k].window);
@@ -454,6 +465,17 @@ void Sim::execute(std::int64_t id, std::int64_t t) {
     ASSERT_NE(reply.type, RedisReply::Type::error) << describe(reply);
     const std::string status = reply.elements[0].str;
     const std::string epoch = reply.elements[1].str;
+    // Nodes seen, counted here: the ids (the end of KEYS[2]) of batches run
+    // less than kNodeSeenMs ago, whatever their reply.
+    ASSERT_EQ(m.keys[2], std::string(kPrefix) + "n:lz");
+    seen_[m.keys[1].substr(m.keys[1].size() - 16)] = rnow;
+    std::int64_t expect_nodes = 0;
+    for (const auto &[id, at] : seen_) expect_nodes += rnow - at < kNodeSeenMs ? 1 : 0;
+    ASSERT_GE(reply.elements.size(), 6u);
+    ASSERT_EQ(reply.elements[5].integer, expect_nodes)
+        << "nodes seen at Redis ms " << rnow << " " << sc_.describe();
+    replies_++;
+    max_nodes_seen_ = std::max(max_nodes_seen_, expect_nodes);
     if (!losses_.empty()) {
         Loss &loss = losses_.back();
         if (!had_epoch && loss.epoch_at < 0) {
@@ -489,6 +511,8 @@ void Sim::on_reply(std::int64_t id, std::int64_t t) {
     if (!node.batch.accept_reply(node.state, m.reply, node_now(node, t), error)) {
         node.batch.fail(node.state);
         failures_++;
+    } else {
+        ASSERT_EQ(node.state.nodes_seen, static_cast<std::uint64_t>(m.reply.elements[5].integer));
     }
     settle_all(node);
     node.waiting = false;
@@ -559,6 +583,7 @@ RunResult Sim::run() {
         }
         case Kind::data_loss: {
             store_.flushall();
+            seen_.clear();
             Loss l;
             l.at = e.t;
             l.reseeded_at.assign(sc_.nodes, -1);
@@ -582,6 +607,13 @@ RunResult Sim::check() {
     r.refused = refused_;
     r.batches = batches_;
     r.failures = failures_;
+    r.replies = replies_;
+    r.max_nodes_seen = max_nodes_seen_;
+    r.end_nodes_seen_min = ~std::uint64_t{0};
+    for (const Node &node : nodes_) {
+        r.end_nodes_seen_min = std::min(r.end_nodes_seen_min, node.state.nodes_seen);
+        r.end_nodes_seen_max = std::max(r.end_nodes_seen_max, node.state.nodes_seen);
+    }
     const std::int64_t P = sc_.period_ms;
     const std::int64_t n = sc_.nodes;
     const std::int64_t D = sc_.overdraft;
@@ -688,7 +720,10 @@ struct Summary {
     double worst_fallback_ratio = 0;
     int losses = 0, premise_held = 0;
     std::int64_t accepted = 0, refused = 0, batches = 0, failures = 0;
+    std::int64_t replies = 0, max_nodes_seen = 0;
     void add(const Scenario &s, const RunResult &r) {
+        replies += r.replies;
+        max_nodes_seen = std::max(max_nodes_seen, r.max_nodes_seen);
         double &by_d = worst_ratio_by_d[std::min<std::uint32_t>(s.overdraft, 3)];
         by_d = std::max(by_d, r.worst_ratio);
         worst_excess = std::max(worst_excess, r.worst_excess);
@@ -751,12 +786,15 @@ TEST(ClusterModel, BoundUnderFaults) {
         "  by D: D=0 %.3f, D=1 %.3f, D=3 %.3f; worst (window - N) / (n*D) = %.3f\n"
         "  data losses: %d, re-seeded within the quarantine: %d; worst window after a late "
         "re-seed / (N + n*D) = %.3f\n"
-        "  fail=local fallback windows: worst / ((n + r) * N) = %.3f\n",
+        "  fail=local fallback windows: worst / ((n + r) * N) = %.3f\n"
+        "  nodes seen: %lld replies, each with the count of distinct nodes in the last %lld ms "
+        "(at most %lld)\n",
         runs, secs, static_cast<long long>(sum.accepted), static_cast<long long>(sum.refused),
         static_cast<long long>(sum.batches), static_cast<long long>(sum.failures), sum.worst_ratio,
         sum.worst_what.c_str(), sum.worst_ratio_by_d[0], sum.worst_ratio_by_d[1],
         sum.worst_ratio_by_d[3], sum.worst_excess, sum.losses, sum.premise_held,
-        sum.worst_loss_ratio, sum.worst_fallback_ratio);
+        sum.worst_loss_ratio, sum.worst_fallback_ratio, static_cast<long long>(sum.replies),
+        static_cast<long long>(kNodeSeenMs), static_cast<long long>(sum.max_nodes_seen));
 }
 
 // The adversary's choice: every node saturated (4x the rate, or bursts),
@@ -869,6 +907,9 @@ TEST(ClusterModel, LivenessSteadyTwiceTheRate) {
                     Sim sim(s);
                     const RunResult r = sim.run();
                     ASSERT_FALSE(::testing::Test::HasFatalFailure()) << s.describe();
+                    EXPECT_EQ(r.end_nodes_seen_min, static_cast<std::uint64_t>(n))
+                        << "every node sees all n nodes: " << s.describe();
+                    EXPECT_EQ(r.end_nodes_seen_max, static_cast<std::uint64_t>(n)) << s.describe();
                     if (std::getenv("CLUSTER_MODEL_VERBOSE") != nullptr) {
                         std::printf("  liveness %5.1f%%  N=%u P=%u D=%u n=%d\n", 100 * r.liveness,
                                     N, P, D, n);

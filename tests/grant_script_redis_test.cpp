@@ -3,8 +3,10 @@
 // through grant_model_eval fed with the TIME the script used (the script
 // returns it), and every reply must be identical; the recorded counts too.
 // Also: SCRIPT FLUSH mid-run (NOSCRIPT, then EVAL), FLUSHALL (the epoch
-// changes), and the hiredis link itself (address forms, AUTH, SELECT, unix
-// sockets, timeouts). And what a batch costs Redis per budget.
+// changes), nodes seen (two zones; members planted around the kNodeSeenMs
+// boundary, in Redis and the model alike), and the hiredis link itself
+// (address forms, AUTH, SELECT, unix sockets, timeouts). And what a batch
+// costs Redis per budget.
 //
 // Needs Debian's redis-server (scripts/setup installs it; CI has it). Without
 // it these tests FAIL, on purpose: the model test's proof is only as good as
@@ -84,6 +86,12 @@ std::string budget_key(std::uint64_t id) {
     return buf;
 }
 
+std::string hex_id(std::uint64_t id) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(id));
+    return buf;
+}
+
 TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
     std::mt19937_64 rng(20260115);
     GrantStore model;
@@ -96,7 +104,9 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
     }
     auto pick = [&](std::uint64_t n) { return static_cast<std::size_t>(rng() % n); };
     int compared = 0, stale = 0, epochs = 0, grants = 0, give_backs_hit = 0, flushes = 0,
-        reloads_expected = 0, content_checks = 0;
+        reloads_expected = 0, content_checks = 0, planted = 0;
+    const char *zones[] = {"lz", "other zone"};
+    std::map<std::uint32_t, int> nodes_seen;  // count -> replies
     std::int64_t last_now = 0;
     for (int step = 0; step < 1600; step++) {
         // Disturbances.
@@ -108,6 +118,23 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
         if (step > 0 && step % 250 == 0) {
             cmd({"SCRIPT", "FLUSH"});
             reloads_expected++;
+        }
+        // Members last seen about kNodeSeenMs ago (as a node that stopped
+        // would leave them), on both sides: the next batches of that zone
+        // must drop exactly the same ones.
+        // (Not into a set about to expire: Redis' clock is ahead of last_now.)
+        const std::string zkey = std::string("akm:n:") + zones[step % 80 == 20 ? 0 : 1];
+        const auto zit = model.zsets.find(zkey);
+        if (step % 40 == 20 && last_now > 0 &&
+            (zit == model.zsets.end() || zit->second.expire_at > last_now + 1000)) {
+            for (int j = 0; j < 3; j++) {
+                const std::int64_t score = last_now - kNodeSeenMs +
+                                           static_cast<std::int64_t>(rng() % 9) - 2;
+                const std::string member = hex_id(0xdead0000 + rng() % 4);
+                cmd({"ZADD", zkey, std::to_string(score), member});
+                model.zsets[zkey].members[member] = score;  // a new set has no TTL, as in Redis
+                planted++;
+            }
         }
         const int pause = static_cast<int>(rng() % 100);
         // Time passes (Redis' own clock): windows of 100 ms to 1 s drain.
@@ -127,6 +154,7 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
         h.epoch_candidate = rng();
         const std::uint32_t quarantines[] = {0, 0, 50, 300};
         h.quarantine_ms = quarantines[pick(4)];
+        h.zone = zones[rng() % 3 == 0 ? 1 : 0];
 
         std::vector<GrantRequest> batch;
         const std::size_t count = pick(5);
@@ -169,6 +197,8 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
         GrantReply g;
         std::string err;
         ASSERT_TRUE(parse_grant_reply(r.reply, batch.size(), g, err)) << err;
+        EXPECT_GE(g.nodes, 1u) << "a node sees itself";
+        nodes_seen[g.nodes]++;
         if (g.status == GrantStatus::stale) stale++;
         if (g.status == GrantStatus::epoch_changed) epochs++;
         if (g.status != GrantStatus::stale && h.epoch_seen != "bogus:1") node.epoch = g.epoch;
@@ -215,6 +245,25 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
                 }
                 ASSERT_EQ(in_redis, in_model) << "step " << step << " budget " << key;
             }
+            for (const char *zone : zones) {
+                const std::string key = std::string("akm:n:") + zone;
+                const RedisResult all = cmd({"ZRANGE", key, "0", "-1", "WITHSCORES"});
+                std::map<std::string, std::int64_t> in_redis, in_model;
+                for (std::size_t i = 0; i + 1 < all.reply.elements.size(); i += 2) {
+                    in_redis[all.reply.elements[i].str] = std::stoll(all.reply.elements[i + 1].str);
+                }
+                auto it = model.zsets.find(key);
+                if (it != model.zsets.end() &&
+                    !(it->second.expire_at != 0 && now > it->second.expire_at)) {
+                    in_model = it->second.members;
+                }
+                ASSERT_EQ(in_redis, in_model) << "step " << step << " nodes seen " << key;
+                if (!in_redis.empty()) {
+                    const RedisResult ttl = cmd({"PTTL", key});
+                    EXPECT_GT(ttl.reply.integer, 0) << key << " expires";
+                    EXPECT_LE(ttl.reply.integer, kNodeSeenMs) << key;
+                }
+            }
         }
     }
     EXPECT_GE(link_->script_reloads(), static_cast<std::uint64_t>(reloads_expected))
@@ -223,12 +272,18 @@ TEST_F(GrantScriptRedis, EveryReplyMatchesTheModel) {
     EXPECT_GT(epochs, 0);
     EXPECT_GT(grants, 100);
     EXPECT_EQ(flushes, 3);
+    EXPECT_GT(nodes_seen.rbegin()->first, 3u) << "planted members were counted";
+    EXPECT_GT(planted, 0);
+    std::string seen;
+    for (const auto &[n, c] : nodes_seen) {
+        seen += " " + std::to_string(n) + ":" + std::to_string(c);
+    }
     std::printf(
         "[grant script] %d replies identical to the model (%d stale, %d epoch changes, %d "
         "grants, %d give-backs to granted buckets, %d content checks, %d FLUSHALL, %llu "
-        "script reloads)\n",
+        "script reloads, %d members planted; replies by nodes seen:%s)\n",
         compared, stale, epochs, grants, give_backs_hit, content_checks, flushes,
-        static_cast<unsigned long long>(link_->script_reloads()));
+        static_cast<unsigned long long>(link_->script_reloads()), planted, seen.c_str());
 }
 
 // ---- what a batch costs Redis ------------------------------------------------

@@ -118,6 +118,7 @@ TEST(StatusJson, SyncedLimitZonesReportTheirSyncState) {
     synced.degraded = true;
     synced.batches = 7;
     synced.failures = 2;
+    synced.nodes_seen = 3;
     const Value doc = parse_json(status_json({}, {plain, synced}));
     const Value &zones = at(doc, "limit_zones");
     ASSERT_EQ(zones.kind, Value::array);
@@ -125,11 +126,16 @@ TEST(StatusJson, SyncedLimitZonesReportTheirSyncState) {
     EXPECT_EQ(at(zones.items[0], "synced").kind, Value::boolean);
     EXPECT_EQ(at(at(zones.items[1], "sync"), "state").str, "degraded");
     EXPECT_EQ(at(at(zones.items[1], "sync"), "batches").str, "7");
+    EXPECT_EQ(at(at(zones.items[1], "sync"), "nodes_seen").kind, Value::number);
+    EXPECT_EQ(at(at(zones.items[1], "sync"), "nodes_seen").str, "3");
     const std::string prom = status_prometheus({}, {plain, synced});
     EXPECT_NE(prom.find("api_key_sync_state{zone=\"shared\",state=\"degraded\"} 1"),
               std::string::npos)
         << prom;
     EXPECT_NE(prom.find("api_key_sync_failures_total{zone=\"shared\"} 2"), std::string::npos);
+    EXPECT_NE(prom.find("\n# HELP api_key_sync_nodes "), std::string::npos) << prom;
+    EXPECT_NE(prom.find("\n# TYPE api_key_sync_nodes gauge\n"), std::string::npos) << prom;
+    EXPECT_NE(prom.find("\napi_key_sync_nodes{zone=\"shared\"} 3\n"), std::string::npos) << prom;
     EXPECT_EQ(prom.find("zone=\"local\""), std::string::npos)
         << "unsynced zones have no sync series";
 }

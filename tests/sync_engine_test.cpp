@@ -11,7 +11,7 @@
 // reports it when Redis is back); refunds; adoption after a reload keeps the
 // ledgers and the node id; rotation over the slots when a batch is capped;
 // unsynced tables keep their layout; a burst of 3N over two nodes against a
-// real Redis.
+// real Redis; nodes seen per zone (the status' nodes_seen).
 #include "core/sync_engine.h"
 
 #include <fcntl.h>
@@ -39,6 +39,7 @@
 #include "core/counter_table.h"
 #include "core/grant_script.h"
 #include "core/redis_link.h"
+#include "core/shm_atomic.h"
 #include "support/redis_server.h"
 
 extern char **environ;
@@ -177,6 +178,7 @@ public:
         SyncTickOptions options;
         options.max_budgets = max_budgets;
         options.self = self();
+        options.zone = "lz";
         RedisEndpoint ep;
         options.reconnect = &ep;
         n.link.extra_ms = 0;
@@ -328,6 +330,11 @@ TEST(SyncEngine, SteadyTrafficKeepsTheClusterBound) {
         }
         const std::int64_t worst = max_in_window(accepted, P);
         EXPECT_LE(worst, std::int64_t{N} + n * std::int64_t{overdraft}) << "D=" << overdraft;
+        for (int j = 0; j < n; j++) {
+            EXPECT_EQ(load_relaxed(&c.node(j).table.sync_node().nodes_seen),
+                      static_cast<std::uint64_t>(n))
+                << "node " << j << " sees every node";
+        }
         // After the first period, most of N per period (2x demand).
         const auto later = std::count_if(accepted.begin(), accepted.end(),
                                          [&](std::int64_t t) { return t >= P; });
@@ -731,11 +738,22 @@ TEST(SyncEngineRedis, BurstOverTwoNodesStaysWithinTheBound) {
     SyncTickOptions options;
     options.reconnect = &ep;
     options.self = self();
+    options.zone = "lz";
     std::mt19937_64 rng(99);
     for (RealNode *n : nodes) {
         const SyncTickResult r = sync_tick(n->table, *n->link, script, kPrefix, now, rng(),
                                            options);
         ASSERT_TRUE(r.ok) << r.error;  // first contact: a new epoch, in quarantine
+    }
+    EXPECT_EQ(a.table.sync_node().nodes_seen, 1u) << "the first node sees itself";
+    EXPECT_EQ(b.table.sync_node().nodes_seen, 2u);
+    {
+        // Another zone on the same Redis counts its own nodes.
+        RealNode other(config, now());
+        SyncTickOptions o = options;
+        o.zone = "another zone";
+        ASSERT_TRUE(sync_tick(other.table, *other.link, script, kPrefix, now, rng(), o).ok);
+        EXPECT_EQ(other.table.sync_node().nodes_seen, 1u) << "per zone";
     }
     // Through the quarantine (no grants on a fresh Redis for 2 (interval + timeout)).
     const std::int64_t warm = now() + config.quarantine_ms() + 50;
@@ -765,6 +783,8 @@ TEST(SyncEngineRedis, BurstOverTwoNodesStaysWithinTheBound) {
     EXPECT_LE(accepted, N + 2 * D);
     EXPECT_GT(accepted, 2 * D) << "grants arrived, not only overdraft";
     EXPECT_GT(granted, 0u);
+    EXPECT_EQ(load_relaxed(&a.table.sync_node().nodes_seen), 2u);
+    EXPECT_EQ(load_relaxed(&b.table.sync_node().nodes_seen), 2u);
     // Redis holds what the nodes accepted (leases recorded, overdraft reported).
     auto link = make_hiredis_link();
     ASSERT_TRUE(link->connect(ep).ok);

@@ -1,5 +1,6 @@
 // apikeyctl: issues, revokes, rotates and lists the keys of an
-// ngx_http_api_key_module key file, and checks it as nginx -t does.
+// ngx_http_api_key_module key file, checks it as nginx -t does, and
+// publishes it (and revocations) to the nodes that follow a key channel.
 // Everything it reads or writes goes through the module's own reader and
 // validator (src/core), so the two can never disagree about a file.
 
@@ -8,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
@@ -15,11 +17,14 @@
 #include <ctime>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "cli/atomic_file.h"
+#include "cli/channel_target.h"
 #include "cli/duration.h"
 #include "cli/errors.h"
 #include "cli/key_file_update.h"
@@ -28,6 +33,7 @@
 #include "core/credential.h"
 #include "core/digest.h"
 #include "core/json.h"
+#include "core/key_channel.h"
 #include "core/key_file.h"
 #include "core/rate.h"
 
@@ -50,6 +56,7 @@ Commands:
   list      show the keys in the file (never any secret)
   check     validate key files exactly as nginx -t does
   hash      read a key from stdin and print its sha256: hash
+  publish   send the key file to the nginx nodes that follow a key channel
 
 Options:
   -f, --file FILE   the key file (default: $APIKEYCTL_FILE)
@@ -59,7 +66,9 @@ Changes are validated with the module's own reader before they are
 written, and written atomically (temporary file in the same directory,
 fsync, rename) under a lock (.FILE.lock next to the file). They keep the
 file's mode, owner and group, and every byte of the records they do not
-touch. nginx applies them at the next "nginx -s reload".
+touch. nginx applies them at the next "nginx -s reload"; nodes that follow
+a key channel in Redis get them when they are published ("publish", and
+"revoke --publish" for revocations). The file stays the source of truth.
 
 Exit status: 0 success, 1 error (the message names the file; for revoke,
 also any id that was not revoked), 2 usage error.
@@ -106,8 +115,24 @@ Every id that can be revoked is, in one atomic write; every other one (an
 unknown id, a key already revoked) is named on stderr with the reason.
 Repeated ids count once.
 
-Exit status: 0 if every id was revoked now, 1 if any was not (the others
-still are, unless the file could not be written at all), 2 usage error.
+Options:
+  --publish      once the file is written, also publish a revocation entry
+                 for each key revoked now (with the revoked_at written to
+                 the file) on a key channel, so the nginx nodes that follow
+                 it refuse the keys within a sync interval, without a
+                 reload. Needs --redis and --channel; takes every option of
+                 "apikeyctl publish --help" but --file.
+
+With --publish, the options are checked and the password and signing key
+read before the file is touched. If the file is written but Redis then
+fails, the keys are revoked in the file but NOT on the channel: the exit
+status is 1, and "apikeyctl publish" sends the file (which holds the
+revocations) to the channel when Redis is back.
+
+Exit status: 0 if every id was revoked now (and, with --publish,
+published), 1 if any was not or the revocations could not be published
+(the others still are revoked in the file, unless it could not be written
+at all), 2 usage error.
 )";
 
 constexpr std::string_view kRotateHelp = R"(Usage: apikeyctl rotate [OPTIONS] ID
@@ -151,6 +176,43 @@ Reads one key from stdin (never from the command line, so it stays out of
 shell history and ps) and prints its "sha256:<64 hex>" hash, for importing
 keys issued elsewhere into a key file. On a terminal it prompts, without
 echo. A key nginx would refuse as malformed is an error.
+)";
+
+constexpr std::string_view kPublishHelp =
+    R"(Usage: apikeyctl publish --redis ADDRESS --channel NAME [OPTIONS]
+
+Publishes the key file's current content as a new version on a key channel
+in Redis; the nginx nodes that follow the channel fetch it, check its
+SHA-256 (and signature) and install it without a reload. The file stays the
+source of truth, Redis only carries it.
+
+The file is first read and validated with the module's own reader and
+validator: a file nginx would refuse is never published (exit status 1,
+with the reader's "FILE:LINE: reason"). It is read and published under the
+file's lock (.FILE.lock), so versions go out in the order of the file's
+changes. Versions are numbered in increasing order (the time in
+milliseconds, or the newest published + 1); a node never installs a version
+at or below the one it has. Publishing the same content again reuses what
+is stored in Redis. Never prints a key or a hash of one.
+
+Options:
+  --redis ADDRESS        Redis: IP:PORT, [IPv6]:PORT or unix:/path (numeric,
+                         as api_key_redis takes it)
+  --channel NAME         the channel (1 to 64 of A-Z a-z 0-9 _ . -)
+  --sign KEY.pem         sign the entry with this Ed25519 private key (PEM,
+                         from "openssl genpkey -algorithm ed25519"); nodes
+                         that verify refuse unsigned or wrongly signed entries
+  --redis-password-file PATH
+                         AUTH with the first line of PATH (a password is
+                         never taken from the command line)
+  --redis-user NAME      the ACL user for AUTH (Redis 6 and later)
+  --redis-db N           SELECT N first
+  --redis-prefix P       the prefix of the Redis keys, as api_key_redis
+                         prefix= (default akm:)
+
+Timeouts: 2 s to connect, 5 s per command. Exit status: 0 when the version
+is published, 1 on any error (no node installs anything then), 2 usage
+error.
 )";
 
 // ---------------------------------------------------------------------------
@@ -353,6 +415,30 @@ void report(const UpdateResult &r) {
     if (!r.warning.empty()) std::cerr << "apikeyctl: warning: " << r.warning << "\n";
 }
 
+// The options of publish, which revoke --publish takes too.
+const std::vector<OptionSpec> kChannelOptionSpecs = {
+    {"redis", 0, true},       {"channel", 0, true},
+    {"sign", 0, true},        {"redis-password-file", 0, true},
+    {"redis-user", 0, true},  {"redis-db", 0, true},
+    {"redis-prefix", 0, true}};
+
+ChannelOptions channel_options(const Invocation &inv) {
+    ChannelOptions o;
+    o.redis = inv.value("redis");
+    o.channel = inv.value("channel");
+    o.sign = inv.value("sign");
+    o.password_file = inv.value("redis-password-file");
+    o.user = inv.value("redis-user");
+    o.db = inv.value("redis-db");
+    o.prefix = inv.value("redis-prefix");
+    return o;
+}
+
+std::vector<OptionSpec> with_channel_options(std::vector<OptionSpec> specs) {
+    specs.insert(specs.end(), kChannelOptionSpecs.begin(), kChannelOptionSpecs.end());
+    return specs;
+}
+
 // ---------------------------------------------------------------------------
 // commands
 
@@ -432,6 +518,20 @@ int cmd_create(const Invocation &inv) {
 int cmd_revoke(const Invocation &inv) {
     const std::string path = inv.file();
     for (const std::string &id : inv.args) identifier("id", id);
+    // Everything --publish needs is checked and read before the file is
+    // touched: a usage error must not come after a revocation.
+    const ChannelOptions channel = channel_options(inv);
+    const bool publish = inv.has("publish");
+    std::optional<ChannelTarget> target;
+    if (publish) {
+        target = channel_target(channel, "revoke");
+    } else {
+        for (const OptionSpec &o : kChannelOptionSpecs) {
+            if (inv.has(o.name)) {
+                throw UsageError("revoke: --" + std::string(o.name) + " needs --publish");
+            }
+        }
+    }
     std::int64_t now = 0;
     std::vector<RevokeOutcome> outcomes;
     const UpdateResult result = update_key_file(path, [&](KeyFileEditor &editor) {
@@ -454,16 +554,77 @@ int cmd_revoke(const Invocation &inv) {
             std::cerr << ", instead of the scheduled " << format_time(o.previous);
         std::cerr << ")\n";
     }
-    if (revoked > 0) {
+    bool published = false;
+    if (publish && revoked > 0) {
+        // Exactly the keys revoked now, at the time written to the file.
+        std::vector<ChannelRevocation> list;
+        for (const RevokeOutcome &o : outcomes) {
+            if (o.status == RevokeOutcome::Status::revoked) list.push_back({o.id, now});
+        }
+        std::string error;
+        try {
+            const std::unique_ptr<RedisLink> link = connect_channel(*target);
+            published = publish_revocations(*link, target->prefix, target->channel, list,
+                                            target->signer ? &*target->signer : nullptr, error);
+        } catch (const Error &e) {
+            error = e.what();
+        }
+        if (published) {
+            std::cerr << "apikeyctl: published " << list.size() << " revocation(s) to channel "
+                      << target->channel << ": the nodes that follow it refuse the key(s) "
+                      << "within a sync interval, others after \"nginx -s reload\".\n";
+        } else {
+            std::cerr << "apikeyctl: " << result.path << ": the file was edited, but the "
+                      << "revocation was NOT published to channel " << target->channel << ": "
+                      << error << "\n"
+                      << "apikeyctl: nodes that follow the channel accept the key(s) until they "
+                         "get the file; once Redis is back, publish it (it holds the "
+                         "revocations) with: apikeyctl -f "
+                      << path << " publish " << channel_retry_options(channel) << "\n";
+        }
+    }
+    if (revoked > 0 && !published) {
         std::cerr << "apikeyctl: nginx refuses the key(s) with revoked_api_key after "
                      "\"nginx -s reload\".\n";
     }
-    if (revoked == outcomes.size()) return 0;
+    const bool publish_failed = publish && revoked > 0 && !published;
+    if (revoked == outcomes.size()) return publish_failed ? 1 : 0;
     // Scripts revoking a list must not take a partial result for success.
     std::cerr << "apikeyctl: " << result.path << ": " << outcomes.size() - revoked << " of "
               << outcomes.size() << " key(s) not revoked"
               << (revoked > 0 ? "; the others were" : "; nothing was written") << "\n";
     return 1;
+}
+
+int cmd_publish(const Invocation &inv) {
+    const std::string path = inv.file();
+    const ChannelTarget target = channel_target(channel_options(inv), "publish");
+    const std::string real = resolve_link(path);
+    // Under the file's lock, as every edit is: two publishes, or a publish
+    // and an edit, cannot go out in the opposite order of the file's
+    // versions (a node installs only newer version numbers).
+    const FileLock lock(real, std::chrono::milliseconds(10000));
+    // The module's own reader and validator: a file nginx would refuse is
+    // never published ("path:line: reason" otherwise).
+    const KeyFileEditor editor = open_key_file(real);
+    const std::size_t keys = editor.model().records.size();
+    std::uint64_t version = 0;
+    std::string error;
+    bool published = false;
+    try {
+        const std::unique_ptr<RedisLink> link = connect_channel(target);
+        published = publish_version(*link, target.prefix, target.channel, editor.text(),
+                                    target.signer ? &*target.signer : nullptr, version, error);
+    } catch (const Error &e) {
+        error = e.what();
+    }
+    if (!published) {
+        throw Error(real + ": not published to channel " + target.channel + ": " + error);
+    }
+    std::cerr << "apikeyctl: published version " << version << " of " << real << " (" << keys
+              << " keys, sha256 " << sha256_hex(editor.text()).substr(0, 12)
+              << "\u2026) to channel " << target.channel << "\n";
+    return 0;
 }
 
 int cmd_rotate(const Invocation &inv) {
@@ -735,13 +896,15 @@ const std::vector<Command> &commands() {
           {"scope", 0, true}, {"scopes", 0, true}, {"limit", 0, true}, {"expires", 0, true},
           {"prefix", 0, true}, {"environment", 0, true}, {"id", 0, true}, {"length", 0, true}},
          0, 0, cmd_create},
-        {"revoke", kRevokeHelp, {}, 1, SIZE_MAX, cmd_revoke},
+        {"revoke", kRevokeHelp, with_channel_options({{"publish", 0, false}}), 1, SIZE_MAX,
+         cmd_revoke},
         {"rotate", kRotateHelp,
          {{"expires", 0, true}, {"prefix", 0, true}, {"id", 0, true}, {"length", 0, true}},
          1, 1, cmd_rotate},
         {"list", kListHelp, {{"json", 0, false}}, 0, 0, cmd_list},
         {"check", kCheckHelp, {}, 0, SIZE_MAX, cmd_check},
         {"hash", kHashHelp, {}, 0, 0, cmd_hash},
+        {"publish", kPublishHelp, kChannelOptionSpecs, 0, 0, cmd_publish},
     };
     // clang-format on
     return list;

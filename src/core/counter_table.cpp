@@ -17,8 +17,9 @@ namespace {
 constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
 // 2: 64-bit owner identities in the locks; 3: exact log / 50-bucket window
 // (WindowState of 216 bytes, slots of 248); 4: synced tables (the layout
-// word then also carries kSyncedLayout; unsynced ones are laid out as in 3).
-constexpr std::uint32_t kCounterLayout = 5;
+// word then also carries kSyncedLayout; unsynced ones are laid out as in 3);
+// 5: SyncNodeState's last_batch_ms and refused_no_grant; 6: its nodes_seen.
+constexpr std::uint32_t kCounterLayout = 6;
 constexpr std::uint32_t kSyncedLayout = 0x0001'0000;
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }

@@ -3,19 +3,32 @@
 #include <algorithm>
 #include <charconv>
 #include <cstdio>
+#include <iterator>
 
 namespace apikey {
 
-// The script. KEYS[1] = PREFIX epoch, KEYS[2] = PREFIX s:<node>, KEYS[2 + i]
-// = budget i's hash. ARGV: seq, epoch_seen, epoch_candidate, quarantine_ms,
-// budget count, then per budget: limit, period_ms, want, lease_ms, give_back,
-// give_back_bucket, history count, history pairs (age_ms, count). Reply: status, epoch, now_ms,
-// quarantine left, last seq, then per budget (when "ok"): grant, lease_ms, lease_bucket, total,
-// room_ms, reset_ms.
+// The script. KEYS[1] = PREFIX epoch, KEYS[2] = PREFIX s:<node hex>, KEYS[3]
+// = PREFIX n:<zone name>, KEYS[3 + i] = budget i's hash. ARGV: seq,
+// epoch_seen, epoch_candidate, quarantine_ms, budget count, then per budget:
+// limit, period_ms, want, lease_ms, give_back, give_back_bucket, history
+// count, history pairs (age_ms, count). Reply: status, epoch, now_ms,
+// quarantine left, last seq, nodes seen, then per budget (when "ok"): grant,
+// lease_ms, lease_bucket, total, room_ms, reset_ms.
+//
+// Nodes seen: every batch, whatever its reply (epoch, stale or ok), marks its
+// node (the last 16 characters of KEYS[2]: its hex id) in the zone's sorted
+// set at now, drops the members last seen kNodeSeenMs or more ago, and
+// reports how many are left (itself included).
 //
 // Every number is an integer below 2^53, so Lua's doubles are exact and the
 // C++ model below computes the very same values.
+#define APIKEY_NODE_SEEN_MS 10000
+static_assert(kNodeSeenMs == APIKEY_NODE_SEEN_MS, "the script's text has the same number");
+#define APIKEY_STRINGIFY2(x) #x
+#define APIKEY_STRINGIFY(x) APIKEY_STRINGIFY2(x)
+
 const std::string_view kGrantScript = R"lua(
+local seen_ms = )lua" APIKEY_STRINGIFY(APIKEY_NODE_SEEN_MS) R"lua(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local epoch = redis.call('GET', KEYS[1])
@@ -29,20 +42,26 @@ if created then
   qleft = created + tonumber(ARGV[4]) - now
   if qleft < 0 then qleft = 0 end
 end
+-- nodes seen: this node now, none last seen seen_ms or more ago
+local node = string.sub(KEYS[2], -16)
+redis.call('ZADD', KEYS[3], string.format('%d', now), node)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', now - seen_ms))
+local nodes = redis.call('ZCARD', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], seen_ms)
 if ARGV[2] ~= '' and ARGV[2] ~= epoch then
-  return {'epoch', epoch, now, qleft, 0}
+  return {'epoch', epoch, now, qleft, 0, nodes}
 end
 local seq = tonumber(ARGV[1])
 local last = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if seq <= last then
-  return {'stale', epoch, now, qleft, last}
+  return {'stale', epoch, now, qleft, last, nodes}
 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', 86400000)
 local n = tonumber(ARGV[5])
-local out = {'ok', epoch, now, qleft, seq}
+local out = {'ok', epoch, now, qleft, seq, nodes}
 local a = 6
 for i = 1, n do
-  local key = KEYS[2 + i]
+  local key = KEYS[3 + i]
   local limit = tonumber(ARGV[a])
   local period = tonumber(ARGV[a + 1])
   local want = tonumber(ARGV[a + 2])
@@ -126,6 +145,10 @@ end
 return out
 )lua";
 
+#undef APIKEY_STRINGIFY
+#undef APIKEY_STRINGIFY2
+#undef APIKEY_NODE_SEEN_MS
+
 std::int64_t redis_bucket_ms(std::uint32_t period_ms) noexcept {
     const std::int64_t w = (static_cast<std::int64_t>(period_ms) + kRedisBucketsPerPeriod - 1) /
                            kRedisBucketsPerPeriod;
@@ -161,9 +184,10 @@ void grant_script_call(std::string_view prefix, const GrantBatchHeader &header,
     const std::string p(prefix);
     keys.clear();
     args.clear();
-    keys.reserve(2 + budgets.size());
+    keys.reserve(3 + budgets.size());
     keys.push_back(p + "epoch");
-    keys.push_back(p + "s:" + hex16(header.node));
+    keys.push_back(p + "s:" + hex16(header.node));  // the script takes the node from its end
+    keys.push_back(p + "n:" + header.zone);
     args.push_back(std::to_string(header.seq));
     args.push_back(header.epoch_seen);
     args.push_back(hex16(header.epoch_candidate));
@@ -194,10 +218,10 @@ bool parse_grant_reply(const RedisReply &reply, std::size_t budgets, GrantReply 
         return false;
     }
     const auto &e = reply.elements;
-    if (reply.type != RedisReply::Type::array || e.size() < 5 ||
+    if (reply.type != RedisReply::Type::array || e.size() < 6 ||
         e[0].type != RedisReply::Type::string || e[1].type != RedisReply::Type::string ||
         e[2].type != RedisReply::Type::integer || e[3].type != RedisReply::Type::integer ||
-        e[4].type != RedisReply::Type::integer) {
+        e[4].type != RedisReply::Type::integer || e[5].type != RedisReply::Type::integer) {
         error = "grant script: unexpected reply";
         return false;
     }
@@ -216,8 +240,9 @@ bool parse_grant_reply(const RedisReply &reply, std::size_t budgets, GrantReply 
     out.quarantine_ms = static_cast<std::uint32_t>(
         std::clamp<std::int64_t>(e[3].integer, 0, 0x7fffffff));
     out.last_seq = static_cast<std::uint64_t>(std::max<std::int64_t>(e[4].integer, 0));
+    out.nodes = static_cast<std::uint32_t>(std::clamp<std::int64_t>(e[5].integer, 0, 0xffffffffll));
     if (out.status != GrantStatus::applied) return true;
-    if (e.size() != 5 + 6 * budgets) {
+    if (e.size() != 6 + 6 * budgets) {
         error = "grant script: reply for another batch size";
         return false;
     }
@@ -226,7 +251,7 @@ bool parse_grant_reply(const RedisReply &reply, std::size_t budgets, GrantReply 
     };
     out.results.resize(budgets);
     for (std::size_t i = 0; i < budgets; i++) {
-        const RedisReply *f = &e[5 + 6 * i];
+        const RedisReply *f = &e[6 + 6 * i];
         for (int j = 0; j < 6; j++) {
             if (f[j].type != RedisReply::Type::integer) {
                 error = "grant script: unexpected reply";
@@ -270,6 +295,16 @@ GrantStore::Hash *get_hash(GrantStore &s, const std::string &key, std::int64_t n
     return &it->second;
 }
 
+GrantStore::SortedSet *get_zset(GrantStore &s, const std::string &key, std::int64_t now) {
+    auto it = s.zsets.find(key);
+    if (it == s.zsets.end()) return nullptr;
+    if (expired(it->second.expire_at, now)) {
+        s.zsets.erase(it);
+        return nullptr;
+    }
+    return &it->second;
+}
+
 RedisReply array_of(std::initializer_list<RedisReply> items) {
     RedisReply r;
     r.type = RedisReply::Type::array;
@@ -283,12 +318,12 @@ RedisReply grant_model_eval(GrantStore &store, std::int64_t now,
                             const std::vector<std::string> &keys,
                             const std::vector<std::string> &args) {
     const RedisReply bad = RedisReply::of_error("ERR malformed grant batch");
-    if (keys.size() < 2 || args.size() < 5) return bad;
+    if (keys.size() < 3 || args.size() < 5) return bad;
     std::int64_t seq = 0;
     std::int64_t quarantine = 0;
     std::int64_t n = 0;
     if (!to_int(args[0], seq) || !to_int(args[3], quarantine) || !to_int(args[4], n) || n < 0 ||
-        keys.size() != 2 + static_cast<std::size_t>(n)) {
+        keys.size() != 3 + static_cast<std::size_t>(n)) {
         return bad;
     }
 
@@ -309,10 +344,25 @@ RedisReply grant_model_eval(GrantStore &store, std::int64_t now,
             qleft = std::max<std::int64_t>(0, created + quarantine - now);
         }
     }
+    // Lua: string.sub(KEYS[2], -16), then ZADD, ZREMRANGEBYSCORE -inf
+    // (now - seen), ZCARD, PEXPIRE.
+    std::int64_t nodes = 0;
+    {
+        const std::string &s = keys[1];
+        const std::string node = s.size() > 16 ? s.substr(s.size() - 16) : s;
+        get_zset(store, keys[2], now);  // an expired set is gone before ZADD
+        GrantStore::SortedSet &z = store.zsets[keys[2]];
+        z.members[node] = now;
+        for (auto it = z.members.begin(); it != z.members.end();) {
+            it = it->second <= now - kNodeSeenMs ? z.members.erase(it) : std::next(it);
+        }
+        nodes = static_cast<std::int64_t>(z.members.size());
+        z.expire_at = now + kNodeSeenMs;
+    }
     if (!args[1].empty() && args[1] != epoch) {
         return array_of({RedisReply::of_string("epoch"), RedisReply::of_string(epoch),
                          RedisReply::of_integer(now), RedisReply::of_integer(qleft),
-                         RedisReply::of_integer(0)});
+                         RedisReply::of_integer(0), RedisReply::of_integer(nodes)});
     }
     std::int64_t last = 0;
     if (const std::string *l = get_text(store, keys[1], now)) {
@@ -321,13 +371,13 @@ RedisReply grant_model_eval(GrantStore &store, std::int64_t now,
     if (seq <= last) {
         return array_of({RedisReply::of_string("stale"), RedisReply::of_string(epoch),
                          RedisReply::of_integer(now), RedisReply::of_integer(qleft),
-                         RedisReply::of_integer(last)});
+                         RedisReply::of_integer(last), RedisReply::of_integer(nodes)});
     }
     store.strings[keys[1]] = {args[0], now + 86'400'000};
 
     RedisReply out = array_of({RedisReply::of_string("ok"), RedisReply::of_string(epoch),
                                RedisReply::of_integer(now), RedisReply::of_integer(qleft),
-                               RedisReply::of_integer(seq)});
+                               RedisReply::of_integer(seq), RedisReply::of_integer(nodes)});
     std::size_t a = 5;
     for (std::int64_t i = 0; i < n; i++) {
         std::int64_t v[7];
@@ -342,7 +392,7 @@ RedisReply grant_model_eval(GrantStore &store, std::int64_t now,
         const std::int64_t w = std::max<std::int64_t>(1, floor_div64(period + 49, 50));
         auto counts_at_now = [&](std::int64_t b) { return (b + 1) * w - 1 + period > now; };
 
-        const std::string &key = keys[2 + static_cast<std::size_t>(i)];
+        const std::string &key = keys[3 + static_cast<std::size_t>(i)];
         std::map<std::int64_t, std::int64_t> cnt;
         std::int64_t total = 0;
         if (GrantStore::Hash *h = get_hash(store, key, now)) {

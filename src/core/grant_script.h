@@ -12,6 +12,14 @@
 //   PREFIX l:{<budget hex>} hash: field = absolute bucket index, value = count
 //                          recorded in that bucket; PEXPIRE'd when its newest
 //                          bucket leaves the window
+//   PREFIX n:<zone name>   sorted set, the nodes seen syncing the limit zone:
+//                          member = node hex, score = Redis ms of its latest
+//                          batch (any batch, whatever its reply); members
+//                          older than kNodeSeenMs are dropped, the set is
+//                          PEXPIRE'd kNodeSeenMs; every reply carries its size
+//
+// KEYS: PREFIX epoch, PREFIX s:<node>, PREFIX n:<zone>, then one hash per
+// budget. See grant_script.cpp for ARGV and the reply.
 //
 // Buckets. Redis counts in buckets of ceil(period / 50) ms of ITS clock
 // (TIME inside the script), the same width as the limiter's buckets for
@@ -83,6 +91,10 @@ namespace apikey {
 
 constexpr unsigned kRedisBucketsPerPeriod = 50;
 
+// A node counts as seen (status: nodes_seen) for this long after its latest
+// batch reached Redis. The script's text has the same number.
+constexpr std::int64_t kNodeSeenMs = 10'000;
+
 // The width of Redis' buckets for a period: ceil(period / 50), at least 1 ms.
 std::int64_t redis_bucket_ms(std::uint32_t period_ms) noexcept;
 
@@ -121,6 +133,7 @@ struct GrantBatchHeader {
     std::string epoch_seen;             // "" before the node's first reply
     std::uint64_t epoch_candidate = 0;  // random; becomes the epoch if Redis has none
     std::uint32_t quarantine_ms = 0;    // no grants this long after a new epoch
+    std::string zone;                   // the limit zone's name (PREFIX n:<zone>)
 };
 
 // Builds the EVALSHA keys and arguments for a batch.
@@ -150,6 +163,7 @@ struct GrantReply {
     std::int64_t now_ms = 0;           // Redis TIME in ms
     std::uint32_t quarantine_ms = 0;   // left of the quarantine
     std::uint64_t last_seq = 0;        // the node's last applied seq (after this batch)
+    std::uint32_t nodes = 0;           // nodes seen syncing the zone (this one included)
     std::vector<GrantResult> results;  // when applied, one per budget, in order
 };
 
@@ -170,12 +184,18 @@ struct GrantStore {
         std::string value;
         std::int64_t expire_at = 0;
     };
+    struct SortedSet {
+        std::map<std::string, std::int64_t> members;  // member -> score
+        std::int64_t expire_at = 0;
+    };
     std::map<std::string, Hash> hashes;
     std::map<std::string, Text> strings;
+    std::map<std::string, SortedSet> zsets;
 
     void flushall() {
         hashes.clear();
         strings.clear();
+        zsets.clear();
     }
 };
 

@@ -15,7 +15,7 @@ namespace apikey {
 
 namespace {
 
-constexpr std::uint64_t kStateMagic = 0x3253'4554'4b41'5031ull;  // "1PAKTES2"
+constexpr std::uint64_t kStateMagic = 0x3353'4554'4b41'5031ull;  // "1PAKTES3"
 
 std::uint64_t align8(std::uint64_t n) noexcept { return (n + 7) & ~std::uint64_t{7}; }
 

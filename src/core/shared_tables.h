@@ -107,6 +107,7 @@ struct SharedTablesState {
     char last_error[kMaxLoadError];  // empty after a successful load
     std::uint64_t usage;             // offset of the UsageTable, 0 if none
     std::uint64_t leaked;            // tables a reload had to abandon (every retired entry in use)
+    std::uint64_t channel;           // offset of the ChannelState (channel_state.h), 0 if none
     RetiredTable retired[kMaxRetired];
     ReaderSlot readers[kMaxReaders];
 };

@@ -1,5 +1,6 @@
 #include "status_report.h"
 
+#include "grant_script.h"
 #include "json.h"
 #include "shm_atomic.h"
 #include "timestamp.h"
@@ -110,6 +111,20 @@ std::string status_json(const std::vector<ZoneReport> &zones,
         }
         out += ",\"bytes_total\":" + std::to_string(r.bytes_total);
         out += ",\"bytes_free\":" + std::to_string(r.bytes_free);
+        if (r.follows) {
+            out += ",\"sync\":{\"state\":";
+            out += r.stale ? "\"stale\"" : "\"ok\"";
+            out += ",\"channel\":";
+            json_string(out, r.channel);
+            out += ",\"last_read_ms_ago\":";
+            out += r.last_read_ms_ago < 0 ? "null" : std::to_string(r.last_read_ms_ago);
+            out += ",\"version\":" + std::to_string(r.version);
+            out += ",\"revoked\":" + std::to_string(r.revoked);
+            out += ",\"revocations_applied\":" + std::to_string(r.revocations_applied);
+            out += ",\"versions_installed\":" + std::to_string(r.versions_installed);
+            out += ",\"refused\":" + std::to_string(r.entries_refused);
+            out += ",\"ignored\":" + std::to_string(r.versions_ignored) + '}';
+        }
         if (r.usage == nullptr || !r.usage->valid()) {
             out += '}';
             continue;
@@ -165,13 +180,52 @@ std::string status_json(const std::vector<ZoneReport> &zones,
             out += ",\"reported\":" + std::to_string(l.reported);
             out += ",\"last_batch_budgets\":" + std::to_string(l.last_batch_budgets);
             out += ",\"last_batch_ms\":" + std::to_string(l.last_batch_ms);
-            out += ",\"refused_no_grant\":" + std::to_string(l.refused_no_grant) + '}';
+            out += ",\"refused_no_grant\":" + std::to_string(l.refused_no_grant);
+            out += ",\"nodes_seen\":" + std::to_string(l.nodes_seen) + '}';
         }
         out += '}';
     }
     out += "]}\n";
     return out;
 }
+
+namespace {
+
+// Key channels (cluster mode): what the node applied from the stream.
+template <typename Help>
+void channel_metrics(std::string &out, const std::vector<ZoneReport> &zones, Help &help) {
+    const struct {
+        const char *name;
+        const char *type;
+        const char *text;
+        std::uint64_t ZoneReport::*field;
+    } metrics[] = {
+        {"api_key_channel_version", "gauge", "Newest published key file version applied.",
+         &ZoneReport::version},
+        {"api_key_channel_revoked_keys", "gauge",
+         "Keys revoked by the channel and not yet by the key table (the overlay).",
+         &ZoneReport::revoked},
+        {"api_key_channel_revocations_applied_total", "counter",
+         "Revocations applied from the channel.", &ZoneReport::revocations_applied},
+        {"api_key_channel_versions_installed_total", "counter",
+         "Published key file versions installed.", &ZoneReport::versions_installed},
+        {"api_key_channel_entries_refused_total", "counter",
+         "Channel entries refused (unsigned, forged, malformed or unreadable).",
+         &ZoneReport::entries_refused},
+    };
+    for (const auto &m : metrics) {
+        help(m.name, m.type, m.text);
+        for (const ZoneReport &r : zones) {
+            if (!r.follows) continue;
+            out += m.name;
+            out += '{';
+            label(out, "zone", r.zone);
+            out += "} " + std::to_string(r.*m.field) + '\n';
+        }
+    }
+}
+
+}  // namespace
 
 std::string status_prometheus(const std::vector<ZoneReport> &zones,
                               const std::vector<LimitZoneReport> &limit_zones) {
@@ -273,10 +327,26 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones,
     help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");
     out += last_used;
 
+    bool any_follows = false;
+    for (const ZoneReport &r : zones) any_follows |= r.follows;
     bool any_synced = false;
     for (const LimitZoneReport &l : limit_zones) any_synced |= l.synced;
+    if (!any_synced && !any_follows) return out;
+    // One family for both kinds of zone: a key zone is ok or stale, a limit zone ok or degraded.
+    help("api_key_sync_state", "gauge", "Cluster sync state of a zone (1 for the current).");
+    for (const ZoneReport &r : zones) {
+        if (!r.follows) continue;
+        for (const char *state : {"ok", "stale"}) {
+            out += "api_key_sync_state{";
+            label(out, "zone", r.zone);
+            out += ',';
+            label(out, "state", state);
+            out += "} ";
+            out += (r.stale == (std::string_view(state) == "stale")) ? "1\n" : "0\n";
+        }
+    }
+    if (any_follows) channel_metrics(out, zones, help);
     if (!any_synced) return out;
-    help("api_key_sync_state", "gauge", "Cluster sync state of a limit zone (1 for the current).");
     for (const LimitZoneReport &l : limit_zones) {
         if (!l.synced) continue;
         for (const char *state : {"ok", "degraded"}) {
@@ -321,6 +391,16 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones,
         out += "api_key_sync_last_success_seconds{";
         label(out, "zone", l.zone);
         out += "} " + std::to_string(l.last_success_ms_ago / 1000) + '\n';
+    }
+    const std::string nodes_help =
+        "Nginx nodes (this one included) that synced the zone through its Redis in the last " +
+        std::to_string(kNodeSeenMs / 1000) + " seconds.";
+    help("api_key_sync_nodes", "gauge", nodes_help.c_str());
+    for (const LimitZoneReport &l : limit_zones) {
+        if (!l.synced) continue;
+        out += "api_key_sync_nodes{";
+        label(out, "zone", l.zone);
+        out += "} " + std::to_string(l.nodes_seen) + '\n';
     }
     return out;
 }

@@ -20,6 +20,17 @@ struct ZoneReport {
     std::uint64_t bytes_total = 0;
     std::uint64_t bytes_free = 0;
     const UsageTable *usage = nullptr;
+    // A zone that follows a key channel (cluster mode), else the rest is unused.
+    bool follows = false;
+    std::string_view channel;
+    bool stale = false;                  // nothing read from the stream for stale=
+    std::int64_t last_read_ms_ago = -1;  // -1: never read
+    std::uint64_t version = 0;           // newest published version applied
+    std::uint64_t revoked = 0;           // revocations in the overlay
+    std::uint64_t revocations_applied = 0;
+    std::uint64_t versions_installed = 0;
+    std::uint64_t entries_refused = 0;   // unsigned, forged, malformed or broken
+    std::uint64_t versions_ignored = 0;  // equal or older versions
 };
 
 // One api_key_limit_zone; the sync fields only when it is synced (cluster mode).
@@ -37,6 +48,7 @@ struct LimitZoneReport {
     std::uint64_t last_batch_budgets = 0;
     std::uint64_t last_batch_ms = 0;
     std::uint64_t refused_no_grant = 0;
+    std::uint64_t nodes_seen = 0;  // nodes that synced the zone through its Redis lately
 };
 
 // Both list only keys that were used since the zone was created; they may

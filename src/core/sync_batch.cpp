@@ -82,7 +82,7 @@ void window_usage(const WindowState &s, std::uint32_t period_ms, std::int64_t no
 }
 
 void SyncBatch::begin(SyncNodeState &node, const SyncConfig &config, std::int64_t now_ms,
-                      std::uint64_t epoch_candidate) {
+                      std::uint64_t epoch_candidate, std::string_view zone) {
     requests_.clear();
     outcome_ = Outcome::pending;
     reply_ = GrantReply{};
@@ -99,6 +99,7 @@ void SyncBatch::begin(SyncNodeState &node, const SyncConfig &config, std::int64_
                               std::min<std::uint32_t>(node.epoch_len, sizeof node.epoch));
     header_.epoch_candidate = epoch_candidate;
     header_.quarantine_ms = config.quarantine_ms();
+    header_.zone.assign(zone.data(), zone.size());
 }
 
 bool SyncBatch::offer(std::uint64_t budget, std::uint32_t period_ms, SyncLedger &l,
@@ -205,6 +206,7 @@ bool SyncBatch::accept_reply(SyncNodeState &node, const RedisReply &reply, std::
     recv_ms_ = recv_ms;
     store_release(&node.last_success_ms, recv_ms);
     node.batches++;
+    store_relaxed(&node.nodes_seen, std::uint64_t{reply_.nodes});  // whatever the status
     if (reply_.last_seq > node.seq) node.seq = reply_.last_seq;
     const std::string_view known(node.epoch, node.epoch_len);
     const bool changed = known != reply_.epoch;

@@ -70,6 +70,9 @@ struct SyncNodeState {
     std::uint64_t quarantine_replies;
     std::uint64_t last_batch_ms;     // how long the last batch took, send to reply (sync thread)
     std::uint64_t refused_no_grant;  // requests refused for lack of a grant (request path, atomic)
+    // Per the last reply (sync thread): nodes, this one included, whose
+    // batches for this zone reached this Redis in the last kNodeSeenMs.
+    std::uint64_t nodes_seen;
 };
 static_assert(std::is_trivially_copyable_v<SyncNodeState>);
 
@@ -102,9 +105,10 @@ public:
 
     // Starts a batch at now_ms: the next sequence number, the epoch this node
     // knows. `epoch_candidate` is random (it becomes the epoch if Redis has
-    // none). Clears what a previous batch held.
+    // none); `zone` is the limit zone's name (Redis counts the nodes that
+    // sync it). Clears what a previous batch held.
     void begin(SyncNodeState &node, const SyncConfig &config, std::int64_t now_ms,
-               std::uint64_t epoch_candidate);
+               std::uint64_t epoch_candidate, std::string_view zone = {});
 
     // One budget, under its slot's lock. Returns true when it joined the batch:
     // then its unacked is in flight, its give-back taken and its demand reset.

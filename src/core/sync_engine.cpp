@@ -116,7 +116,7 @@ void run_tick(CounterTable &table, CounterSyncHeader &sh_ref, RedisLink &link,
 
     SyncBatch batch(options.max_budgets);
     const std::int64_t begun = now_ms();
-    batch.begin(node, config, begun, random);
+    batch.begin(node, config, begun, random, options.zone);
 
     // Offer every used slot, from where the last full batch stopped.
     std::vector<std::uint64_t> slot_of;  // batch entry -> slot

@@ -40,6 +40,10 @@ struct SyncTickOptions {
     const RedisEndpoint *reconnect = nullptr;
     // The identity for the slot locks (0: this_process_identity()).
     std::uint64_t self = 0;
+    // The limit zone's name: Redis counts the nodes syncing it in
+    // PREFIX n:<zone> (status: nodes_seen). Empty: zones of one Redis and
+    // prefix that leave it empty share one count.
+    std::string_view zone;
 };
 
 struct SyncTickResult {
