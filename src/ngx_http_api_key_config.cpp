@@ -652,6 +652,8 @@ ngx_command_t commands[] = {
      status_formats},
     {ngx_string("api_key_hide_credentials"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, hide_credentials), nullptr},
+    {ngx_string("api_key_optional"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
+     NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, optional), nullptr},
     ngx_null_command,
 };
 
@@ -678,6 +680,7 @@ void *create_loc_conf(ngx_conf_t *cf) noexcept {
     conf->environment = NGX_CONF_UNSET_UINT;
     conf->dry_run = NGX_CONF_UNSET;
     conf->hide_credentials = NGX_CONF_UNSET;
+    conf->optional = NGX_CONF_UNSET;
     conf->limits = static_cast<ngx_array_t *>(NGX_CONF_UNSET_PTR);
     conf->limit_by = NGX_CONF_UNSET_UINT;
     conf->limit_headers = NGX_CONF_UNSET_UINT;
@@ -711,6 +714,7 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
                               static_cast<ngx_uint_t>(apikey::RequiredEnvironment::any));
     ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
     ngx_conf_merge_value(conf->hide_credentials, prev->hide_credentials, 1);
+    ngx_conf_merge_value(conf->optional, prev->optional, 0);
     ngx_conf_merge_str_value(conf->realm, prev->realm, "api");
     ngx_conf_merge_ptr_value(conf->limits, prev->limits, nullptr);
     ngx_conf_merge_str_value(conf->limit_category, prev->limit_category, "");

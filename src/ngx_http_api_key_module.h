@@ -188,6 +188,7 @@ struct ApiKeyLocConf {
     ngx_uint_t environment;
     ngx_flag_t dry_run;
     ngx_flag_t hide_credentials;
+    ngx_flag_t optional;       // api_key_optional: a request without a key goes on
     ngx_uint_t status_format;  // StatusFormat
     ngx_array_t *limits;       // of apikey::ConfiguredLimit, zone: its ngx_shm_zone_t
     ngx_str_t limit_category;  // empty: auto

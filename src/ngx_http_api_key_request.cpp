@@ -70,6 +70,7 @@ constexpr size_t kMaxSpent = 16;
 struct Decision {
     Outcome outcome = Outcome::internal_error;
     bool key_sent = false;
+    bool anonymous = false;          // api_key_optional and no key: no opinion
     std::string_view missing_scope;  // in the location's policy
     const LimitReport *limit;        // the request's report, or the subrequest's own
 };
@@ -388,6 +389,22 @@ void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, Outcome outcom
     }
 }
 
+// api_key_optional: a request without a key goes on as nobody's (empty
+// variables, no budget, not counted), and another access method may still
+// decide; a key that is sent is checked as always.
+Decision &anonymous(ngx_http_request_t *r, RequestCtx *ctx, bool reports, Decision &d) noexcept {
+    d.anonymous = true;
+    d.outcome = Outcome::accepted;
+    if (reports) {
+        ctx->decided = true;
+        ctx->decided_by_main = r == r->main;
+        ctx->outcome = Outcome::accepted;
+        ctx->facts = KeyFacts{};
+    }
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "api key: none sent, optional");
+    return d;
+}
+
 // A revocation published on the zone's channel (core/revocation_overlay.h)
 // ranks where the table's own revoked_at does: right after the lookup. It
 // can only take access away.
@@ -424,6 +441,7 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
 
     apikey::KeyCollector keys = collect_key(r, lcf, ctx);
     d.key_sent = keys.state() != apikey::KeyCollector::State::none;
+    if (!d.key_sent && lcf->optional) return anonymous(r, ctx, reports, d);
     bool remember = false;
     Outcome presented = Outcome::missing_key;
     switch (keys.state()) {
@@ -640,6 +658,8 @@ bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCt
 // (a dry run's refusal goes on as NGX_DECLINED).
 ngx_int_t conclude(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
                    Decision &d) noexcept {
+    // No opinion, so that with `satisfy any` another method must still allow it.
+    if (d.anonymous) return NGX_DECLINED;
     if (d.outcome != Outcome::accepted && !lcf->dry_run) return refuse(r, lcf, ctx, d);
     if (lcf->hide_credentials && !hide_credentials(r, lcf, ctx)) {
         d.outcome = Outcome::internal_error;

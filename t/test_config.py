@@ -13,6 +13,7 @@ GOOD = """
     api_key_dry_run off;
     api_key_realm api;
     api_key_hide_credentials on;
+    api_key_optional off;
 
     server {
         listen 127.0.0.1:{port};
@@ -26,6 +27,7 @@ GOOD = """
         api_key_dry_run on;
         api_key_realm "my api";
         api_key_hide_credentials off;
+        api_key_optional on;
 
         location / {
             api_key off;
@@ -36,6 +38,7 @@ GOOD = """
             api_key_dry_run off;
             api_key_realm other;
             api_key_hide_credentials on;
+            api_key_optional off;
             proxy_pass http://127.0.0.1:{upstream};
         }
     }
