@@ -78,8 +78,21 @@ public:
                     "duplicate limit category passed:", category);
             require(rate.count >= 1 && rate.count <= 1000000000, "rate count out of range");
             require(rate.period_seconds == 1 || rate.period_seconds == 60 ||
-                        rate.period_seconds == 3600,
+                        rate.period_seconds == 3600 || rate.period_seconds == 86400,
                     "rate period");
+        }
+        require(spec.allowed_ips.size() <= kMaxAllowedIps, "more than 64 networks passed");
+        for (std::size_t i = 0; i < spec.allowed_ips.size(); i++) {
+            const IpNetwork &n = spec.allowed_ips[i];
+            require(n.bits <= 128, "a prefix length over 128");
+            IpNetwork back{};
+            std::string error;
+            const std::string text = format_network(n);
+            require(parse_network(text, back, error) && back == n,
+                    "a network does not read back from its own text:", text);
+            for (std::size_t k = 0; k < i; k++) {
+                require(spec.allowed_ips[k] != n, "duplicate network passed:", text);
+            }
         }
         keys.push_back(spec);
         builder.add_key(spec);  // may throw KeyFileError (too many scopes or plans)
@@ -120,6 +133,11 @@ void check_table(const Sink &sink, const KeyTable &table) {
         }
         if (!spec.plan.empty()) {
             require(table.find_plan(spec.plan) == r->plan, "find_plan:", spec.plan);
+        }
+
+        require(r->networks == spec.allowed_ips.size(), "network count:", spec.id);
+        for (std::size_t i = 0; i < spec.allowed_ips.size(); i++) {
+            require(table.networks(*r)[i] == spec.allowed_ips[i], "network differs:", spec.id);
         }
 
         require(r->limits_count == spec.limits.size(), "limit count:", spec.id);

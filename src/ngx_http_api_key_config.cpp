@@ -572,23 +572,35 @@ char *api_key_limit_category(ngx_conf_t *cf, ngx_command_t *, void *conf) noexce
     return conf_ok();
 }
 
-ngx_conf_enum_t status_formats[] = {
-    {ngx_string("json"), static_cast<ngx_uint_t>(StatusFormat::json)},
-    {ngx_string("prometheus"), static_cast<ngx_uint_t>(StatusFormat::prometheus)},
-    {ngx_null_string, 0},
-};
-
-// api_key_status [json | prometheus];
-char *api_key_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf) noexcept {
+// api_key_status [json | prometheus] [keys=off | all | top=N];
+char *api_key_status(ngx_conf_t *cf, ngx_command_t *, void *conf) noexcept {
     auto *lcf = static_cast<ApiKeyLocConf *>(conf);
-    if (cf->args->nelts == 2) {
-        char *rv = ngx_conf_set_enum_slot(cf, cmd, conf);
-        if (rv != NGX_CONF_OK) return rv;
-    } else if (lcf->status_format != NGX_CONF_UNSET_UINT) {
-        return conf_message("is duplicate");
-    } else {
-        lcf->status_format = static_cast<ngx_uint_t>(StatusFormat::json);
+    if (lcf->status_format != NGX_CONF_UNSET_UINT) return conf_message("is duplicate");
+    StatusFormat format = StatusFormat::json;
+    apikey::KeySeries keys;
+    bool format_set = false, keys_set = false;
+    ngx_str_t *value = conf_arg<ngx_str_t>(cf);
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        const std::string_view v = to_view(value[i]);
+        if (!format_set && !keys_set && (v == "json" || v == "prometheus")) {
+            format = v == "json" ? StatusFormat::json : StatusFormat::prometheus;
+            format_set = true;
+        } else if (!keys_set && v.substr(0, 5) == "keys=") {
+            if (!apikey::parse_key_series(v.substr(5), keys)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid value \"%V\", expected \"keys=off\", \"keys=all\" or "
+                                   "\"keys=top=N\" (N from 1 to %ui)",
+                                   &value[i], static_cast<ngx_uint_t>(apikey::KeySeries::kMaxTop));
+                return conf_error();
+            }
+            keys_set = true;
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"", &value[i]);
+            return conf_error();
+        }
     }
+    lcf->status_format = static_cast<ngx_uint_t>(format);
+    lcf->status_keys = keys;
     auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
         ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
     clcf->handler = status_handler;
@@ -647,9 +659,8 @@ ngx_command_t commands[] = {
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_by), limit_by_values},
     {ngx_string("api_key_limit_headers"), kAnyLevel | NGX_CONF_TAKE1, ngx_conf_set_enum_slot,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, limit_headers), limit_headers_values},
-    {ngx_string("api_key_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE1,
-     api_key_status, NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, status_format),
-     status_formats},
+    {ngx_string("api_key_status"), NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS | NGX_CONF_TAKE12,
+     api_key_status, NGX_HTTP_LOC_CONF_OFFSET, 0, nullptr},
     {ngx_string("api_key_hide_credentials"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot,
      NGX_HTTP_LOC_CONF_OFFSET, offsetof(ApiKeyLocConf, hide_credentials), nullptr},
     {ngx_string("api_key_optional"), kAnyLevel | NGX_CONF_FLAG, ngx_conf_set_flag_slot,

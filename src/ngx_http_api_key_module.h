@@ -31,6 +31,7 @@ extern "C" {
 #include "core/redis_link.h"
 #include "core/request_id.h"
 #include "core/shared_tables.h"
+#include "core/status_report.h"
 
 extern "C" ngx_module_t ngx_http_api_key_module;
 
@@ -189,7 +190,8 @@ struct ApiKeyLocConf {
     ngx_flag_t dry_run;
     ngx_flag_t hide_credentials;
     ngx_flag_t optional;       // api_key_optional: a request without a key goes on
-    ngx_uint_t status_format;  // StatusFormat
+    ngx_uint_t status_format;  // StatusFormat; status_keys: its keys=
+    apikey::KeySeries status_keys;
     ngx_array_t *limits;       // of apikey::ConfiguredLimit, zone: its ngx_shm_zone_t
     ngx_str_t limit_category;  // empty: auto
     ngx_uint_t limit_by;

@@ -421,7 +421,7 @@ void revoke_by_channel(const KeyZone *zone, const apikey::KeyTable &table,
 }
 
 // extract -> hash -> lookup -> revoked -> expired -> environment -> plan ->
-// scopes -> limits. The zone's table is held for this function only.
+// allowed_ips -> scopes -> limits. The zone's table is held for this function only.
 Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
                 LimitReport &own) noexcept {
     // The main request's decision is what variables and headers report; an
@@ -456,8 +456,10 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     apikey::Verdict verdict;
     verdict.outcome = presented;
     if (presented == Outcome::accepted) {
+        // The address as realip left it; read only for a key with allowed_ips.
+        const apikey::ClientSource client{apikey::socket_client_address, r->connection->sockaddr};
         verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
-                                            ngx_time());
+                                            ngx_time(), client);
     }
     // After the memo, so a remembered key cannot pass it by.
     if (zone->channel_state != nullptr && verdict.record != nullptr) {
@@ -849,13 +851,57 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
 
 // --- api_key_status -------------------------------------------------------------
 
+namespace {
+
+constexpr std::string_view kPrometheusType = "text/plain; version=0.0.4; charset=utf-8";
+
+// The status page's response: text, no-store.
+ngx_int_t send_status(ngx_http_request_t *r, ngx_uint_t status, std::string_view content_type,
+                      std::string_view text) noexcept {
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = static_cast<off_t>(text.size());
+    r->headers_out.content_type = literal(content_type);
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    static const ngx_str_t no_store = ngx_string("no-store");
+    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    ngx_int_t rc = ngx_http_send_header(r);
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
+    ngx_buf_t *b = ngx_create_temp_buf(r->pool, text.size() ? text.size() : 1);
+    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    b->last = ngx_cpymem(b->pos, text.data(), text.size());
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    ngx_chain_t out = {b, nullptr};
+    return ngx_http_output_filter(r, &out);
+}
+
+}  // namespace
+
 // Usage across all workers, read from the zones themselves.
 ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) return NGX_HTTP_NOT_ALLOWED;
     if (ngx_http_discard_request_body(r) != NGX_OK) return NGX_HTTP_INTERNAL_SERVER_ERROR;
     auto *lcf = static_cast<ApiKeyLocConf *>(
         ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
-    const bool prometheus = lcf->status_format == static_cast<ngx_uint_t>(StatusFormat::prometheus);
+    bool prometheus = lcf->status_format == static_cast<ngx_uint_t>(StatusFormat::prometheus);
+    // ?format= overrides the directive's format for this request; an
+    // unknown one is refused in the directive's format.
+    ngx_str_t format;
+    static u_char format_arg[] = "format";
+    if (ngx_http_arg(r, format_arg, sizeof(format_arg) - 1, &format) == NGX_OK) {
+        const std::string_view f = to_view(format);
+        if (f == "json" || f == "prometheus") {
+            prometheus = f == "prometheus";
+        } else if (prometheus) {
+            return send_status(r, NGX_HTTP_BAD_REQUEST, "text/plain; charset=utf-8",
+                               "format must be json or prometheus\n");
+        } else {
+            return send_status(r, NGX_HTTP_BAD_REQUEST, "application/json",
+                               "{\"error\":{\"code\":\"invalid_format\",\"message\":"
+                               "\"format must be json or prometheus\"}}\n");
+        }
+    }
 
     std::string text;
     try {
@@ -919,33 +965,22 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept {
             }
             limit_zones.push_back(report);
         });
-        text = prometheus ? apikey::status_prometheus(zones, limit_zones)
-                          : apikey::status_json(zones, limit_zones);
+        if (prometheus) {
+            apikey::PrometheusOptions options;
+            options.keys = lcf->status_keys;
+            options.nginx = NGINX_VERSION;
+            const ngx_time_t *tp = ngx_timeofday();
+            options.now_unix_ms = static_cast<std::int64_t>(tp->sec) * 1000 + tp->msec;
+            text = apikey::status_prometheus(zones, limit_zones, options);
+        } else {
+            text = apikey::status_json(zones, limit_zones);
+        }
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "api_key_status: %s", e.what());
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = static_cast<off_t>(text.size());
-    if (prometheus) {
-        ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4; charset=utf-8");
-    } else {
-        ngx_str_set(&r->headers_out.content_type, "application/json");
-    }
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    static const ngx_str_t no_store = ngx_string("no-store");
-    if (add_header(r, "Cache-Control", no_store) == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-
-    ngx_int_t rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) return rc;
-    ngx_buf_t *b = ngx_create_temp_buf(r->pool, text.size() ? text.size() : 1);
-    if (b == nullptr) return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    b->last = ngx_cpymem(b->pos, text.data(), text.size());
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-    ngx_chain_t out = {b, nullptr};
-    return ngx_http_output_filter(r, &out);
+    return send_status(r, NGX_HTTP_OK, prometheus ? kPrometheusType : "application/json", text);
 }
 
 }  // namespace ngx_api_key

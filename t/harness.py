@@ -66,6 +66,7 @@ MESSAGES = {
     "revoked_api_key": "The API key provided has been revoked.",
     "expired_api_key": "The API key provided has expired.",
     "plan_required": "The API is available on paid plans only.",
+    "ip_not_allowed": "The API key cannot be used from this IP address.",
 }
 
 

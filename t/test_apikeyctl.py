@@ -200,6 +200,43 @@ class ApikeyctlNginxTest(CtlMixin, unittest.TestCase):
         self.assertEqual(self.code(self.key), (401, "revoked_api_key"))
         self.assertEqual(self.code(new_key), (200, None), "the new key survives the old one's revocation")
 
+    def test_allow_ip_then_reload(self):
+        here, here_id = self.create("--owner", "user_3", "--prefix", "jfi_sk_live_",
+                                    "--allow-ip", "127.0.0.0/8", "--allow-ip", "2001:db8::/32")
+        there, there_id = self.create("--owner", "user_4", "--prefix", "jfi_sk_live_",
+                                      "--allow-ip", "203.0.113.0/24", "--allow-ip", "::1")
+        text = self.read()
+        self.assertIn('    allowed_ips: [127.0.0.0/8, "2001:db8::/32"]\n', text,
+                      "the field is written, IPv6 quoted")
+        self.assertIn('    allowed_ips: [203.0.113.0/24, "::1"]\n', text)
+        r = ctl("check", self.keyfile)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        self.assertEqual(self.code(here), (401, "invalid_api_key"), "unknown before the reload")
+        self.nginx.reload()
+        self.assertEqual(self.code(here), (200, None), "127.0.0.1 is in 127.0.0.0/8")
+        self.assertEqual(self.code(there), (403, "ip_not_allowed"), "127.0.0.1 is not listed")
+        r = self.nginx.get("/", bearer(there))
+        self.assertEqual(r.json()["error"]["message"], MESSAGES["ip_not_allowed"])
+        self.assertEqual(self.code(self.key), (200, None), "a key without allowed_ips")
+
+        recs = self.records()
+        self.assertEqual(recs[here_id]["allowed_ips"], ["127.0.0.0/8", "2001:db8::/32"])
+        self.assertEqual(recs[there_id]["allowed_ips"], ["203.0.113.0/24", "::1"])
+        self.assertIsNone(recs[self.key_id]["allowed_ips"], "null: any address")
+        rows = {line.split()[0]: line.split() for line in self.run_ok("list").stdout.splitlines()}
+        self.assertEqual(rows[here_id][-1], "127.0.0.0/8,2001:db8::/32")
+        self.assertEqual(rows[self.key_id][-1], "-")
+
+        # A rotation keeps the restriction: the new key is refused here too.
+        r = self.run_ok("rotate", there_id)
+        rotated = r.stdout[:-1]
+        rotated_id = re.search(r"added key (key_[0-9a-z]{12})", r.stderr).group(1)
+        self.assertEqual(self.records()[rotated_id]["allowed_ips"], ["203.0.113.0/24", "::1"])
+        self.nginx.reload()
+        self.assertEqual(self.code(rotated), (403, "ip_not_allowed"),
+                         "rotation keeps allowed_ips")
+
     def test_test_environment_key(self):
         key, _ = self.create("--owner", "user_9", "--prefix", "jfi_sk_test_",
                              "--environment", "test")
@@ -347,7 +384,7 @@ class ApikeyctlFileTest(CtlMixin, unittest.TestCase):
             self.assertNotIn("sha256", out)
         header = table.splitlines()[0].split()
         self.assertEqual(header, ["ID", "OWNER", "ORGANIZATION", "PLAN", "SCOPES", "ENV", "STATUS",
-                                  "CREATED", "EXPIRES", "REVOKED"])
+                                  "CREATED", "EXPIRES", "REVOKED", "ALLOWED_IPS"])
         recs = {r["id"]: r for r in json.loads(doc)}
         self.assertEqual(set(recs), {id1, id2})
         r1, r2 = recs[id1], recs[id2]
@@ -384,6 +421,12 @@ class ApikeyctlFileTest(CtlMixin, unittest.TestCase):
             ["-f", self.keyfile, "create", "--owner", "u", "--limit", "write"],
             ["-f", self.keyfile, "create", "--owner", "u", "--environment", "staging"],
             ["-f", self.keyfile, "create", "--owner", "has space"],
+            ["-f", self.keyfile, "create", "--owner", "u", "--allow-ip", "203.0.113.5/24"],
+            ["-f", self.keyfile, "create", "--owner", "u", "--allow-ip", "10.0.0.0/33"],
+            ["-f", self.keyfile, "create", "--owner", "u", "--allow-ip", "example.com"],
+            ["-f", self.keyfile, "create", "--owner", "u", "--allow-ip", "10.0.0.1",
+             "--allow-ip", "10.0.0.1/32"],
+            ["-f", self.keyfile, "create", "--owner", "u", "--allow-ip"],
             ["-f", self.keyfile, "create", "--owner"],
             ["create", "--owner", "u"],                               # no file at all
             ["-f", self.keyfile, "revoke"],

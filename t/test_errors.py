@@ -63,6 +63,8 @@ class ErrorsTest(NginxCase):
         cls.later_offset = kf.add("key_later_offset", plan="pro",
                                   expires_at="2099-01-01T00:00:00-05:00")
         cls.testkey = kf.add("key_test", prefix="jfi_sk_test_", plan="pro")
+        cls.elsewhere = kf.add("key_elsewhere", plan="pro", scopes=["diagrams:read"],
+                               allowed_ips=["192.0.2.0/24", "2001:db8::/32"])
         # the hash is in the file, but the prefix is declared nowhere
         cls.noprefix = kf.add("key_noprefix", key=new_key("zzz_"), plan="pro")
         cls.bang = kf.add("key_bang", key="jfi_sk_live_" + "x" * 20 + "!" + "y" * 19, plan="pro")
@@ -189,6 +191,11 @@ class ErrorsTest(NginxCase):
         r = self.get("/paid/", bearer(self.free))
         self.check_envelope(r, 403, "plan_required", MESSAGES["plan_required"],
                             True, "plan free where api_key_plans pro team")
+
+    def test_ip_not_allowed(self):
+        r = self.get("/", bearer(self.elsewhere))
+        self.check_envelope(r, 403, "ip_not_allowed", MESSAGES["ip_not_allowed"],
+                            True, "allowed_ips without 127.0.0.1")
 
     def test_insufficient_scope(self):
         r = self.get("/scoped/", bearer(self.good))

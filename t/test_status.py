@@ -86,7 +86,7 @@ HTTP = r"""
 RFC3339_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 SPEC_DENIAL_CODES = {"missing_api_key", "invalid_api_key", "revoked_api_key", "expired_api_key",
-                     "plan_required", "insufficient_scope"}
+                     "plan_required", "ip_not_allowed", "insufficient_scope"}
 
 
 def parse_rfc3339(text):

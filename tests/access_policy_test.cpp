@@ -1,6 +1,9 @@
 // What a location requires of a key, and the order of the checks.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <string>
 #include <vector>
 
@@ -488,6 +491,148 @@ TEST(AccessPolicyRecompile, ScopeBitsAboveSixtyFour) {
     EXPECT_EQ(half.missing_scope, "high:two");
     Verdict filler_key = p.check(t, "key_filler_00000001", kGet, kNow);
     EXPECT_EQ(filler_key.missing_scope, "high:one");
+}
+
+// ---- allowed_ips: after environment and plan, before scopes
+
+IpNetwork network(const std::string &text) {
+    IpNetwork n{};
+    std::string error;
+    EXPECT_TRUE(parse_network(text, n, error)) << error;
+    return n;
+}
+
+// A source that reads an address from its context and counts its reads.
+int source_reads = 0;
+ClientAddress read_counted(const void *context) noexcept {
+    source_reads++;
+    return *static_cast<const ClientAddress *>(context);
+}
+
+class AllowedIpsTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        TableBuilder b;
+        b.add_prefix(2, "live_", Environment::live);
+        b.add_prefix(3, "test_", Environment::test);
+        const std::vector<IpNetwork> office = {network("203.0.113.0/24"), network("2001:db8::/32"),
+                                               network("198.51.100.7")};
+        auto restricted = [&](KeySpec s) {
+            s.allowed_ips = office;
+            return s;
+        };
+        b.add_key(restricted(key("live_office_key_0001", "office", {"diagrams:read"}, "pro")));
+        b.add_key(restricted(key("test_office_key_0001", "test_office", {"diagrams:read"}, "pro")));
+        b.add_key(
+            restricted(key("live_office_free_001", "office_free", {"diagrams:read"}, "free")));
+        KeySpec expired = restricted(key("live_office_expired1", "office_expired", {}, "pro"));
+        expired.expires_at = kNow - 1;
+        b.add_key(expired);
+        KeySpec revoked = restricted(key("live_office_revoked1", "office_revoked", {}, "pro"));
+        revoked.revoked_at = kNow - 1;
+        b.add_key(revoked);
+        b.add_key(key("live_open_key_000001", "open", {"diagrams:read"}, "pro"));
+        image_ = b.build();
+        table_ = image_.table();
+    }
+
+    static ClientAddress v4(const char *text) {
+        in_addr a{};
+        EXPECT_EQ(inet_pton(AF_INET, text, &a), 1);
+        return ClientAddress::ipv4(&a);
+    }
+    static ClientAddress v6(const char *text) {
+        in6_addr a{};
+        EXPECT_EQ(inet_pton(AF_INET6, text, &a), 1);
+        return ClientAddress::ipv6(&a);
+    }
+
+    Verdict from(AccessPolicy &p, std::string_view k, const ClientAddress &client,
+                 unsigned method = kGet) {
+        return p.check(table_, k, method, kNow, ClientSource{read_counted, &client});
+    }
+
+    TableImage image_;
+    KeyTable table_;
+};
+
+TEST_F(AllowedIpsTest, AcceptedOnlyFromTheListedNetworks) {
+    AccessPolicy p = open_policy();
+    for (const ClientAddress &inside : {v4("203.0.113.1"), v4("203.0.113.255"), v4("198.51.100.7"),
+                                        v6("2001:db8::1"), v6("::ffff:203.0.113.9")}) {
+        EXPECT_EQ(from(p, "live_office_key_0001", inside).outcome, Outcome::accepted);
+    }
+    for (const ClientAddress &outside : {v4("203.0.114.1"), v4("198.51.100.8"), v4("127.0.0.1"),
+                                         v6("2001:db9::1"), v6("::1"), v6("::ffff:10.0.0.1")}) {
+        const Verdict v = from(p, "live_office_key_0001", outside);
+        EXPECT_EQ(v.outcome, Outcome::ip_not_allowed);
+        ASSERT_NE(v.record, nullptr);  // found: $api_key_id and the usage counters name it
+        EXPECT_EQ(table_.text(v.record->id), "office");
+        EXPECT_TRUE(v.missing_scope.empty());
+    }
+}
+
+TEST_F(AllowedIpsTest, AnUnknownAddressMatchesNothing) {
+    AccessPolicy p = open_policy();
+    EXPECT_EQ(p.check(table_, "live_office_key_0001", kGet, kNow).outcome, Outcome::ip_not_allowed);
+    EXPECT_EQ(from(p, "live_office_key_0001", ClientAddress{}).outcome, Outcome::ip_not_allowed);
+    EXPECT_EQ(p.check(table_, "live_open_key_000001", kGet, kNow).outcome, Outcome::accepted);
+}
+
+TEST_F(AllowedIpsTest, TheAddressIsReadOnlyForRestrictedKeys) {
+    AccessPolicy p = open_policy();
+    const ClientAddress somewhere = v4("192.0.2.1");
+    source_reads = 0;
+    EXPECT_EQ(from(p, "live_open_key_000001", somewhere).outcome, Outcome::accepted);
+    EXPECT_EQ(from(p, "live_unknown_key_001", somewhere).outcome, Outcome::invalid_key);
+    EXPECT_EQ(from(p, "live_office_expired1", somewhere).outcome, Outcome::expired_key);
+    EXPECT_EQ(source_reads, 0);
+    EXPECT_EQ(from(p, "live_office_key_0001", somewhere).outcome, Outcome::ip_not_allowed);
+    EXPECT_EQ(source_reads, 1);
+}
+
+TEST_F(AllowedIpsTest, RevokedAndExpiredComeFirst) {
+    AccessPolicy p = open_policy();
+    EXPECT_EQ(from(p, "live_office_expired1", v4("192.0.2.1")).outcome, Outcome::expired_key);
+    EXPECT_EQ(from(p, "live_office_revoked1", v4("192.0.2.1")).outcome, Outcome::revoked_key);
+    EXPECT_EQ(from(p, "live_office_expired1", v4("203.0.113.1")).outcome, Outcome::expired_key);
+}
+
+TEST_F(AllowedIpsTest, EnvironmentAndPlanComeFirst) {
+    AccessPolicy live({}, {}, RequiredEnvironment::live);
+    EXPECT_EQ(from(live, "test_office_key_0001", v4("192.0.2.1")).outcome,
+              Outcome::wrong_environment);
+    AccessPolicy paid({}, {"pro"}, RequiredEnvironment::any);
+    EXPECT_EQ(from(paid, "live_office_free_001", v4("192.0.2.1")).outcome, Outcome::plan_required);
+    EXPECT_EQ(from(paid, "live_office_key_0001", v4("192.0.2.1")).outcome, Outcome::ip_not_allowed);
+}
+
+TEST_F(AllowedIpsTest, ComesBeforeScopes) {
+    AccessPolicy p({{kAnyMethod, {"diagrams:write"}}}, {}, RequiredEnvironment::any);
+    EXPECT_EQ(from(p, "live_office_key_0001", v4("192.0.2.1")).outcome, Outcome::ip_not_allowed);
+    const Verdict v = from(p, "live_office_key_0001", v4("203.0.113.1"));
+    EXPECT_EQ(v.outcome, Outcome::insufficient_scope);
+    EXPECT_EQ(v.missing_scope, "diagrams:write");
+    // Method-limited rules: the address is checked whatever the method.
+    AccessPolicy writes({{kPost, {"diagrams:write"}}}, {}, RequiredEnvironment::any);
+    EXPECT_EQ(from(writes, "live_office_key_0001", v4("192.0.2.1"), kGet).outcome,
+              Outcome::ip_not_allowed);
+}
+
+TEST_F(AllowedIpsTest, CheckDigestTakesTheSourceToo) {
+    AccessPolicy p = open_policy();
+    const Identity id = identify_key(table_, "live_office_key_0001");
+    ASSERT_EQ(id.outcome, Outcome::accepted);
+    const ClientAddress inside = v4("203.0.113.5");
+    const ClientAddress outside = v4("203.0.112.5");
+    EXPECT_EQ(p.check_digest(table_, id.digest, id.environment, kGet, kNow,
+                             ClientSource{read_counted, &inside})
+                  .outcome,
+              Outcome::accepted);
+    EXPECT_EQ(p.check_digest(table_, id.digest, id.environment, kGet, kNow,
+                             ClientSource{read_counted, &outside})
+                  .outcome,
+              Outcome::ip_not_allowed);
 }
 
 }  // namespace

@@ -445,6 +445,33 @@ TEST(CliEditorNotes, PrefixNotes) {
     EXPECT_EQ(notes[4], std::optional<std::string>(""));
 }
 
+TEST(CliEditorAppend, AllowedIpsAreWrittenAndReadBack) {
+    KeySpec spec = new_spec();
+    for (const char *text : {"203.0.113.0/24", "2001:db8::/32", "198.51.100.7", "::1"}) {
+        IpNetwork n{};
+        std::string error;
+        ASSERT_TRUE(parse_network(text, n, error)) << error;
+        spec.allowed_ips.push_back(n);
+    }
+    KeyFileEditor ed(kThree);
+    ed.append_record(spec, std::string("jfi_sk_live_"));
+    // IPv6 quoted: a plain "2001:db8::" would read as a map.
+    EXPECT_NE(ed.text().find("    limits: {write: 500r/m}\n"
+                             "    allowed_ips: [203.0.113.0/24, \"2001:db8::/32\", 198.51.100.7, "
+                             "\"::1\"]\n"
+                             "    # prefix: jfi_sk_live_\n"),
+              std::string::npos)
+        << ed.text();
+    EXPECT_EQ(ed.model().records[3].fingerprint, fingerprint(spec));
+    EXPECT_NE(fingerprint(spec), fingerprint(new_spec()));
+    const KeySpec back = ed.record("key_new");
+    EXPECT_EQ(back.allowed_ips.size(), 4u);
+    EXPECT_TRUE(back.allowed_ips == spec.allowed_ips);
+    const KeyRecord *r = ed.model().image.table().find(spec.hash);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->networks, 4u);
+}
+
 TEST(CliEditor, RefusesAFileNginxWouldRefuse) {
     EXPECT_THROW(KeyFileEditor("version: 2\nkeys:\n"), KeyFileError);
     EXPECT_THROW(KeyFileEditor(kThree + "  - id: key_a\n    hash: " + H3 + "\n    owner: u\n"),

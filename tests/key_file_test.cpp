@@ -219,6 +219,86 @@ TEST(ReadKeyFile, EmptyKeyLists) {
     EXPECT_TRUE(read("version: 1\nprefixes: {}\n").prefixes.empty());
 }
 
+// ---- allowed_ips
+
+std::vector<std::string> networks_of(const KeySpec &spec) {
+    std::vector<std::string> out;
+    for (const IpNetwork &n : spec.allowed_ips) out.push_back(format_network(n));
+    return out;
+}
+
+TEST(ReadKeyFile, AllowedIpsFlowAndBlockLists) {
+    const std::vector<std::string> want = {"203.0.113.0/24", "2001:db8::/32", "198.51.100.7",
+                                           "::1"};
+    const std::string forms[] = {
+        "    allowed_ips: [203.0.113.0/24, \"2001:db8::/32\", 198.51.100.7, '::1']\n",
+        "    allowed_ips:\n      - 203.0.113.0/24\n      - \"2001:db8::/32\"\n"
+        "      - 198.51.100.7/32\n      - \"::1/128\"\n",
+        // Plain IPv6 in a block list, and the same in yaml-cpp's hands
+        // (a document marker sends the file past the fast reader).
+        "    allowed_ips:\n      - 203.0.113.0/24\n      - 2001:db8::/32\n"
+        "      - 198.51.100.7\n      - \"::1\"\n",
+    };
+    for (const std::string &form : forms) {
+        for (const std::string &start : {std::string(), std::string("---\n")}) {
+            SCOPED_TRACE(start + form);
+            RecordingSink s = read(start + one_key(form));
+            ASSERT_EQ(s.keys.size(), 1u);
+            EXPECT_EQ(networks_of(s.keys[0]), want);
+        }
+    }
+}
+
+TEST(ReadKeyFile, NoAllowedIpsMeansAnyAddress) {
+    RecordingSink s = read(one_key());
+    ASSERT_EQ(s.keys.size(), 1u);
+    EXPECT_TRUE(s.keys[0].allowed_ips.empty());
+}
+
+TEST(ReadKeyFile, AllowedIpsErrorsNameTheirLine) {
+    // The record starts on line 3; extra fields from line 6.
+    expect_error(one_key("    allowed_ips: []\n"), 6, "\"allowed_ips\" is empty");
+    expect_error(one_key("    allowed_ips:\n"), 6, "\"allowed_ips\" is empty");
+    expect_error(one_key("    allowed_ips: ~\n    plan: pro\n"), 6, "\"allowed_ips\" is empty");
+    expect_error(one_key("    allowed_ips: 203.0.113.0/24\n"), 6,
+                 "\"allowed_ips\" must be a list of networks, not a single value");
+    expect_error(one_key("    allowed_ips: {a: b}\n"), 6, "\"allowed_ips\" must be a list");
+    expect_error(one_key("    allowed_ips: [203.0.113.5/24]\n"), 6,
+                 "invalid network \"203.0.113.5/24\": host bits are set (the network is "
+                 "203.0.113.0/24)");
+    expect_error(one_key("    allowed_ips:\n      - 10.0.0.0/8\n      - 10.0.0.0/33\n"), 8,
+                 "the prefix length must be a number from 0 to 32 for IPv4");
+    expect_error(one_key("    allowed_ips:\n      - 10.0.0.0/8\n      - \"2001:db8::/129\"\n"), 8,
+                 "from 0 to 128 for IPv6");
+    expect_error(one_key("    allowed_ips: [10.0.0.0/8, example.com]\n"), 6,
+                 "invalid network \"example.com\": not an IPv4 address");
+    expect_error(one_key("    allowed_ips:\n      - 10.0.0.0/8\n      - \"fe80::1%eth0\"\n"), 8,
+                 "not an IPv6 address");
+    expect_error(one_key("    allowed_ips:\n      - 198.51.100.7\n      - 10.0.0.0/8\n"
+                         "      - 198.51.100.7/32\n"),
+                 9, "duplicate network \"198.51.100.7\" in \"allowed_ips\"");
+    expect_error(one_key("    allowed_ips: [203.0.113.0/24, \"::ffff:203.0.113.0/120\"]\n"), 6,
+                 "duplicate network \"203.0.113.0/24\"");
+    expect_error(one_key("    allowed_ips: [10.0.0.0/8, ~]\n"), 6,
+                 "an entry of \"allowed_ips\" must not be null");
+    expect_error(one_key("    allowed_ips: [[10.0.0.0/8]]\n"), 6,
+                 "each entry of \"allowed_ips\" must be a network such as 203.0.113.0/24, not a "
+                 "list");
+    expect_error(one_key("    allowed_ips: [{a: 1}]\n"), 6, "not a map");
+    expect_error(one_key("    allowed_ips: [10.0.0.0/8]\n    allowed_ips: [10.0.0.0/8]\n"), 7,
+                 "duplicate field \"allowed_ips\"");
+}
+
+TEST(ReadKeyFile, AtMostSixtyFourNetworksPerKey) {
+    std::string list = "    allowed_ips:\n";
+    for (int i = 0; i < 64; i++) list += "      - 10.0." + std::to_string(i) + ".0/24\n";
+    RecordingSink s = read(one_key(list));
+    ASSERT_EQ(s.keys.size(), 1u);
+    EXPECT_EQ(s.keys[0].allowed_ips.size(), 64u);
+    // The 65th entry is on line 6 + 1 + 64.
+    expect_error(one_key(list + "      - 10.1.0.0/24\n"), 71, "more than 64 networks");
+}
+
 TEST(ReadKeyFile, QuotedVersionOneIsOne) { EXPECT_NO_THROW(read("version: \"1\"\nkeys: []\n")); }
 
 // ---- Syntax and structure
@@ -603,6 +683,35 @@ TEST_F(LoadKeyFile, DuplicatePrefix) {
     // YAML itself does not refuse duplicate map keys; the schema does.
     expect_load_error("version: 1\nprefixes:\n  wfk_: live\n  wfk_: test\n", 4,
                       "duplicate prefix \"wfk_\"");
+}
+
+TEST_F(LoadKeyFile, AllowedIpsReachTheTable) {
+    const std::string path = write("ips.yaml",
+                                   "version: 1\nkeys:\n"
+                                   "  - id: key_a\n    hash: " +
+                                       kHashAbc +
+                                       "\n    owner: user_1\n"
+                                       "    allowed_ips: [203.0.113.0/24, "
+                                       "\"2001:db8::/32\"]\n"
+                                       "  - id: key_b\n    hash: " +
+                                       kHashEmpty + "\n    owner: user_2\n");
+    TableImage image = load_key_file(path);
+    KeyTable t = image.table();
+    const KeyRecord *a = t.find(sha256("abc"));
+    const KeyRecord *b = t.find(sha256(""));
+    ASSERT_NE(a, nullptr);
+    ASSERT_NE(b, nullptr);
+    ASSERT_EQ(a->networks, 2u);
+    EXPECT_EQ(format_network(t.networks(*a)[0]), "203.0.113.0/24");
+    EXPECT_EQ(format_network(t.networks(*a)[1]), "2001:db8::/32");
+    EXPECT_EQ(b->networks, 0u);
+}
+
+TEST_F(LoadKeyFile, AllowedIpsErrorsArePathLineReason) {
+    expect_load_error("version: 1\nkeys:\n  - id: key_a\n    hash: " + kHashAbc +
+                          "\n    owner: user_1\n    allowed_ips:\n      - 203.0.113.0/24\n"
+                          "      - 198.51.100.1/24\n",
+                      8, "host bits are set (the network is 198.51.100.0/24)");
 }
 
 TEST_F(LoadKeyFile, TooManyScopesNamesTheKey) {

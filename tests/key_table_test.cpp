@@ -445,6 +445,111 @@ TEST(TableImage, IsPositionIndependent) {
     EXPECT_EQ(env, Environment::live);
 }
 
+IpNetwork network(const std::string &text) {
+    IpNetwork n{};
+    std::string error;
+    EXPECT_TRUE(parse_network(text, n, error)) << error;
+    return n;
+}
+
+TEST(KeyTable, AllowedIpsFollowTheirKeysId) {
+    TableBuilder b;
+    KeySpec a = spec(3, "restricted_key_0123456", "restricted", {"read"});
+    a.allowed_ips = {network("203.0.113.0/24"), network("2001:db8::/32")};
+    a.plan = "pro";
+    a.limits = {{"write", Rate{5, 1}}};
+    KeySpec z = spec(9, "open_key_0123456789abc", "open", {"read"});
+    z.plan = "pro";
+    KeySpec w = spec(15, "wide_key_0123456789abc", "wide");
+    for (int i = 0; i < 64; i++)
+        w.allowed_ips.push_back(network("10." + std::to_string(i) + ".0.0/16"));
+    w.owner = a.owner;  // interned after the networks: must still read back
+    b.add_key(a);
+    b.add_key(z);
+    b.add_key(w);
+    TableImage image = b.build();
+    KeyTable t = image.table();
+    ASSERT_TRUE(t.valid());
+
+    const KeyRecord *ra = t.find(sha256("restricted_key_0123456"));
+    const KeyRecord *rz = t.find(sha256("open_key_0123456789abc"));
+    const KeyRecord *rw = t.find(sha256("wide_key_0123456789abc"));
+    ASSERT_TRUE(ra && rz && rw);
+    ASSERT_EQ(ra->networks, 2u);
+    EXPECT_EQ(t.networks(*ra)[0], a.allowed_ips[0]);
+    EXPECT_EQ(t.networks(*ra)[1], a.allowed_ips[1]);
+    EXPECT_EQ(rz->networks, 0u);
+    ASSERT_EQ(rw->networks, 64u);
+    for (int i = 0; i < 64; i++) EXPECT_EQ(t.networks(*rw)[i], w.allowed_ips[i]) << i;
+    // Everything else of the records reads as before.
+    EXPECT_EQ(t.text(ra->id), "restricted");
+    EXPECT_EQ(t.text(rz->id), "open");
+    EXPECT_EQ(t.text(rw->id), "wide");
+    EXPECT_EQ(t.text(ra->owner), a.owner);
+    EXPECT_EQ(t.text(rw->owner), a.owner);
+    EXPECT_EQ(t.plan_name(ra->plan), "pro");
+    EXPECT_EQ(t.plan_name(rz->plan), "pro");
+    EXPECT_EQ(rw->plan, kNoPlan);
+    EXPECT_EQ(t.text(t.limits(*ra)[0].category), "write");
+    EXPECT_TRUE(ra->scopes.test(static_cast<unsigned>(t.find_scope("read"))));
+}
+
+TEST(KeyTable, KeysWithoutAllowedIpsCostNoByte) {
+    // The same keys with and without networks: the image grows by the
+    // networks' 17 bytes each (and alignment), nothing per key.
+    auto build = [](std::size_t networks) {
+        TableBuilder b;
+        for (int i = 0; i < 100; i++) {
+            KeySpec s = spec(static_cast<std::uint32_t>(i + 1), "key_" + std::to_string(i) + "_pad",
+                             "id_" + std::to_string(i));
+            if (i == 50) {
+                for (std::size_t n = 0; n < networks; n++)
+                    s.allowed_ips.push_back(network("10.0." + std::to_string(n) + ".0/24"));
+            }
+            b.add_key(s);
+        }
+        return b.build();
+    };
+    const TableImage none = build(0);
+    const TableImage three = build(3);
+    EXPECT_GE(three.size() - none.size(), 3 * sizeof(IpNetwork));
+    EXPECT_LT(three.size() - none.size(), 3 * sizeof(IpNetwork) + 8);
+    EXPECT_EQ(sizeof(KeyRecord), 104u);
+}
+
+TEST(TableBuilder, MoreThanSixtyFourNetworksIsAnError) {
+    TableBuilder b;
+    KeySpec s = spec(7, "too_many_networks_0123", "too_many");
+    for (int i = 0; i < 65; i++)
+        s.allowed_ips.push_back(network("10.0." + std::to_string(i) + ".0/24"));
+    try {
+        b.add_key(s);
+        FAIL() << "65 networks accepted";
+    } catch (const KeyFileError &e) {
+        EXPECT_EQ(e.line(), 7u);
+        EXPECT_NE(std::string(e.what()).find("more than 64 networks"), std::string::npos);
+    }
+}
+
+TEST(TableImage, NetworksArePositionIndependentToo) {
+    TableBuilder b;
+    KeySpec s = spec(5, "wfk_0123456789abcdef", "key_moved");
+    s.allowed_ips = {network("198.51.100.7"), network("::1")};
+    b.add_key(s);
+    std::vector<std::uint64_t> copy;
+    {
+        TableImage image = b.build();
+        copy.resize(image.size() / 8);
+        std::memcpy(copy.data(), image.data(), image.size());
+    }
+    KeyTable t(copy.data());
+    const KeyRecord *r = t.find(sha256("wfk_0123456789abcdef"));
+    ASSERT_NE(r, nullptr);
+    ASSERT_EQ(r->networks, 2u);
+    EXPECT_EQ(format_network(t.networks(*r)[0]), "198.51.100.7");
+    EXPECT_EQ(format_network(t.networks(*r)[1]), "::1");
+}
+
 TEST(KeyTable, CorruptMagicIsInvalid) {
     TableBuilder b;
     TableImage image = b.build();

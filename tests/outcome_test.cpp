@@ -59,6 +59,7 @@ constexpr Outcome kAllErrors[] = {
     Outcome::missing_key,       Outcome::invalid_key,        Outcome::multiple_keys,
     Outcome::wrong_environment, Outcome::revoked_key,        Outcome::expired_key,
     Outcome::plan_required,     Outcome::insufficient_scope, Outcome::rate_limited,
+    Outcome::ip_not_allowed,
 };
 
 // ---- The envelope check must be able to say no.
@@ -94,6 +95,7 @@ TEST(Describe, EveryOutcomeMatchesTheSpecTable) {
         {Outcome::revoked_key, 401, "authentication_error", "revoked_api_key"},
         {Outcome::expired_key, 401, "authentication_error", "expired_api_key"},
         {Outcome::plan_required, 403, "permission_error", "plan_required"},
+        {Outcome::ip_not_allowed, 403, "permission_error", "ip_not_allowed"},
         {Outcome::insufficient_scope, 403, "permission_error", "insufficient_scope"},
         {Outcome::rate_limited, 429, "rate_limit_error", "rate_limit_exceeded"},
         {Outcome::internal_error, 500, "api_error", "internal_error"},
@@ -114,6 +116,9 @@ TEST(Describe, MessagesFromTheSpec) {
     EXPECT_EQ(describe(Outcome::wrong_environment).message, "The API key provided is invalid.");
     EXPECT_EQ(describe(Outcome::multiple_keys).message, "Multiple API keys were provided.");
     EXPECT_EQ(describe(Outcome::plan_required).message, "The API is available on paid plans only.");
+    EXPECT_EQ(describe(Outcome::ip_not_allowed).message,
+              "The API key cannot be used from this IP address.");
+    EXPECT_TRUE(describe(Outcome::ip_not_allowed).message_tail.empty());
     EXPECT_EQ(std::string(describe(Outcome::insufficient_scope).message) + "diagrams:write" +
                   std::string(describe(Outcome::insufficient_scope).message_tail),
               "The API key does not have the required scope 'diagrams:write'.");

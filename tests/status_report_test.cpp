@@ -3,10 +3,12 @@
 // with every odd byte of a key id, zone, file or error escaped; and
 // status_prometheus is well-formed text exposition: HELP and TYPE once per
 // metric family and before its samples, the samples of a family together,
-// label values escaped, no series twice.
+// label values escaped, no series twice; api_key_build_info always, per-key
+// series as keys= selects them (off, all, the top N by requests).
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,6 +20,7 @@
 
 #include "core/status_report.h"
 #include "core/usage_table.h"
+#include "core/version.h"
 #include "support/strict_json.h"
 
 namespace apikey {
@@ -136,7 +139,11 @@ TEST(StatusJson, SyncedLimitZonesReportTheirSyncState) {
     EXPECT_NE(prom.find("\n# HELP api_key_sync_nodes "), std::string::npos) << prom;
     EXPECT_NE(prom.find("\n# TYPE api_key_sync_nodes gauge\n"), std::string::npos) << prom;
     EXPECT_NE(prom.find("\napi_key_sync_nodes{zone=\"shared\"} 3\n"), std::string::npos) << prom;
-    EXPECT_EQ(prom.find("zone=\"local\""), std::string::npos)
+    EXPECT_NE(prom.find("\napi_key_limit_zone_counters{zone=\"local\"} 100\n"), std::string::npos)
+        << prom;
+    EXPECT_EQ(prom.find("api_key_sync_state{zone=\"local\""), std::string::npos)
+        << "unsynced zones have no sync series";
+    EXPECT_EQ(prom.find("api_key_sync_batches_total{zone=\"local\""), std::string::npos)
         << "unsynced zones have no sync series";
 }
 
@@ -313,11 +320,16 @@ bool label_name(std::string_view s) {
     return metric_name(s) && s.find(':') == std::string_view::npos;
 }
 
-bool integer(std::string_view s) {
-    if (!s.empty() && s[0] == '-') s.remove_prefix(1);
-    if (s.empty()) return false;
-    for (char c : s) {
-        if (c < '0' || c > '9') return false;
+// What the module writes as a value: digits, optionally a point and digits.
+bool decimal(std::string_view s) {
+    const std::size_t point = s.find('.');
+    const std::string_view whole = s.substr(0, point);
+    const std::string_view frac = point == std::string_view::npos ? "" : s.substr(point + 1);
+    if (whole.empty() || (point != std::string_view::npos && frac.empty())) return false;
+    for (std::string_view part : {whole, frac}) {
+        for (char c : part) {
+            if (c < '0' || c > '9') return false;
+        }
     }
     return true;
 }
@@ -402,7 +414,7 @@ void read_prometheus(const std::string &text, Exposition &out) {
         ASSERT_LT(i, line.size());
         ASSERT_EQ(line[i], ' ');
         s.value = line.substr(i + 1);
-        EXPECT_TRUE(integer(s.value)) << "value " << s.value;
+        EXPECT_TRUE(decimal(s.value)) << "value " << s.value;
         EXPECT_EQ(s.name, current) << "a sample of the family just introduced by HELP/TYPE";
         Family &f = out.families[s.name];
         EXPECT_FALSE(f.type.empty()) << "TYPE before the samples";
@@ -443,6 +455,7 @@ TEST(PrometheusChecker, RefusesWhatIsNotExposition) {
         head + "api_key_x{zone=\"a\" 1\n",                            // no '}'
         head + "api_key_x{zone=\"a\\t\"} 1\n",                        // an escape Prometheus lacks
         head + "api_key_x{zone=\"a\"} x\n",                           // not a number
+        head + "api_key_x{zone=\"a\"} 1.\n",                          // not a number either
         head + "api_key_x{zone=\"a\"} 1\napi_key_x{zone=\"a\"} 2\n",  // one series twice
         "# HELP api_key_x h\n# TYPE api_key_x counter\napi_key_x 1\n",  // a counter without _total
         "# HELP a h\n# TYPE a gauge\n# HELP b h\n# TYPE b gauge\na 1\n",  // a's sample after b
@@ -464,6 +477,7 @@ TEST(StatusPrometheus, FamiliesWithoutUsage) {
     r.last_error = "bad";
     const Exposition e = parse_prometheus(status_prometheus({r, zone("other")}));
     const std::map<std::string, std::string> want = {
+        {"api_key_build_info", "gauge"},
         {"api_key_zone_keys", "gauge"},
         {"api_key_zone_generation", "gauge"},
         {"api_key_zone_loaded_timestamp_seconds", "gauge"},
@@ -513,7 +527,10 @@ TEST(StatusPrometheus, RequestsPerZoneAndPerKey) {
         status_prometheus({zone("keys", &usage.table), zone("tiny", &full.table)}));
 
     std::map<std::string, std::string> zone_requests;
+    std::map<std::string, std::set<std::string>> zone_codes;
     for (const Sample *s : find(e, "api_key_zone_requests_total")) {
+        zone_codes[s->label("zone")].insert(s->label("code"));
+        if (s->value == "0") continue;
         zone_requests[s->label("zone") + " " + s->label("code")] = s->value;
     }
     EXPECT_EQ(zone_requests, (std::map<std::string, std::string>{
@@ -523,6 +540,14 @@ TEST(StatusPrometheus, RequestsPerZoneAndPerKey) {
                                  {"keys rate_limit_exceeded", "2"},
                                  {"tiny accepted", "3"},
                              }));
+    std::set<std::string> every_code = {"accepted"};
+    for (std::size_t o = 1; o < kOutcomeCount; o++) {
+        every_code.insert(std::string(describe(static_cast<Outcome>(o)).code));
+    }
+    EXPECT_EQ(zone_codes["keys"], every_code)
+        << "zone totals list every code, zeros included (a series exists before its first "
+           "increment)";
+    EXPECT_EQ(zone_codes["tiny"], every_code);
     std::map<std::string, std::string> untracked;
     for (const Sample *s : find(e, "api_key_zone_untracked_requests_total")) {
         untracked[s->label("zone")] = s->value;
@@ -576,6 +601,321 @@ TEST(StatusPrometheus, ManyKeysStayGroupedByFamily) {
         status_prometheus({zone("a", &a.table), zone("b", &b.table)}));
     EXPECT_EQ(find(e, "api_key_requests_total").size(), 60u);
     EXPECT_EQ(find(e, "api_key_last_used_timestamp_seconds").size(), 60u);
+}
+
+// ---- api_key_build_info
+
+TEST(StatusPrometheus, BuildInfoIsAlwaysThereFirst) {
+    PrometheusOptions options;
+    options.nginx = "1.22.1";
+    for (const std::string &text :
+         {status_prometheus({}, {}, options), status_prometheus({zone("keys")}, {}, options)}) {
+        EXPECT_EQ(text.rfind("# HELP api_key_build_info ", 0), 0u) << text;
+        const Exposition e = parse_prometheus(text);
+        EXPECT_EQ(e.families.at("api_key_build_info").type, "gauge");
+        auto info = find(e, "api_key_build_info");
+        ASSERT_EQ(info.size(), 1u);
+        EXPECT_EQ(info[0]->labels.size(), 2u);
+        EXPECT_EQ(info[0]->label("version"), std::string(kModuleVersion));
+        EXPECT_EQ(info[0]->label("nginx"), "1.22.1");
+        EXPECT_EQ(info[0]->value, "1");
+    }
+    auto info = find(parse_prometheus(status_prometheus({})), "api_key_build_info");
+    ASSERT_EQ(info.size(), 1u);
+    EXPECT_EQ(info[0]->label("nginx"), "unknown") << "no nginx version given";
+}
+
+TEST(StatusPrometheus, ModuleVersionLooksLikeOne) {
+    // MAJOR.MINOR.PATCH, as debian/changelog's upstream version
+    // (t/test_prometheus.py compares the two).
+    const std::string v(kModuleVersion);
+    int dots = 0;
+    for (char c : v) {
+        EXPECT_TRUE((c >= '0' && c <= '9') || c == '.') << v;
+        dots += c == '.';
+    }
+    EXPECT_EQ(dots, 2) << v;
+}
+
+// ---- keys=: which keys get series of their own
+
+TEST(KeySeriesParse, Values) {
+    KeySeries k;
+    EXPECT_EQ(k.mode, KeySeries::Mode::top) << "the default is bounded";
+    EXPECT_EQ(k.top, 100u);
+    ASSERT_TRUE(parse_key_series("off", k));
+    EXPECT_EQ(k.mode, KeySeries::Mode::off);
+    ASSERT_TRUE(parse_key_series("all", k));
+    EXPECT_EQ(k.mode, KeySeries::Mode::all);
+    ASSERT_TRUE(parse_key_series("top=1", k));
+    EXPECT_EQ(k.mode, KeySeries::Mode::top);
+    EXPECT_EQ(k.top, 1u);
+    ASSERT_TRUE(parse_key_series("top=10000", k));
+    EXPECT_EQ(k.top, 10000u);
+    ASSERT_TRUE(parse_key_series("top=250", k));
+    EXPECT_EQ(k.top, 250u);
+    for (const char *bad : {"", "on", "ALL", "Off", "top", "top=", "top=0", "top=00", "top=01",
+                            "top=10001", "top=99999", "top=100000", "top=-1", "top=+1", "top=1x",
+                            "top= 1", "top=1 ", "keys=all", "top=18446744073709551617"}) {
+        KeySeries before;
+        before.mode = KeySeries::Mode::top;
+        before.top = 7;
+        EXPECT_FALSE(parse_key_series(bad, before)) << bad;
+        EXPECT_EQ(before.mode, KeySeries::Mode::top) << bad << ": untouched";
+        EXPECT_EQ(before.top, 7u) << bad << ": untouched";
+    }
+}
+
+KeySeries keys_top(std::uint32_t n) {
+    KeySeries k;
+    k.mode = KeySeries::Mode::top;
+    k.top = n;
+    return k;
+}
+
+KeySeries keys_mode(KeySeries::Mode mode) {
+    KeySeries k;
+    k.mode = mode;
+    return k;
+}
+
+std::vector<std::string> ids_of(const std::vector<const UsageSlot *> &slots) {
+    std::vector<std::string> out;
+    for (const UsageSlot *s : slots) out.emplace_back(s->id, s->id_len);
+    return out;
+}
+
+TEST(SelectKeys, TopByRequestsTiesToTheSmallerId) {
+    HeapUsage usage(64);
+    usage.count("key_a", Outcome::accepted, 3);
+    usage.count("key_b", Outcome::accepted, 1);
+    usage.count("key_b", Outcome::rate_limited, 4);  // 5, refusals count
+    usage.count("key_c", Outcome::invalid_key, 5);   // 5, ties with key_b
+    usage.count("key_d", Outcome::accepted, 9);
+    usage.count("key_e", Outcome::revoked_key, 1);
+    usage.count("", Outcome::missing_key, 50);  // no key: zone totals only
+    EXPECT_EQ(ids_of(select_keys(usage.table, keys_top(3))),
+              (std::vector<std::string>{"key_d", "key_b", "key_c"}))
+        << "busiest first; key_b before key_c at 5 requests each";
+    EXPECT_EQ(ids_of(select_keys(usage.table, keys_top(2))),
+              (std::vector<std::string>{"key_d", "key_b"}));
+    EXPECT_EQ(ids_of(select_keys(usage.table, keys_top(1))), std::vector<std::string>{"key_d"});
+    EXPECT_EQ(ids_of(select_keys(usage.table, keys_top(100))),
+              (std::vector<std::string>{"key_d", "key_b", "key_c", "key_a", "key_e"}))
+        << "fewer keys than N: all of them";
+    EXPECT_TRUE(select_keys(usage.table, keys_mode(KeySeries::Mode::off)).empty());
+    std::vector<std::string> all = ids_of(
+        select_keys(usage.table, keys_mode(KeySeries::Mode::all)));
+    std::sort(all.begin(), all.end());
+    EXPECT_EQ(all, (std::vector<std::string>{"key_a", "key_b", "key_c", "key_d", "key_e"}));
+
+    HeapUsage none(0);
+    none.count("key_a", Outcome::accepted);
+    EXPECT_TRUE(select_keys(none.table, keys_top(5)).empty());
+    EXPECT_TRUE(select_keys(UsageTable{}, keys_mode(KeySeries::Mode::all)).empty());
+}
+
+TEST(SelectKeys, MatchesAFullSortOnManyKeys) {
+    // Against the obvious reference: sort every key by (requests desc, id asc).
+    constexpr int kKeys = 3000;
+    HeapUsage usage(16384);  // sparse enough that every key finds a slot
+    std::map<std::string, int> requests;
+    std::uint64_t seed = 12345;
+    auto next = [&seed] {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        return static_cast<int>(seed >> 33);
+    };
+    for (int k = 0; k < kKeys; k++) {
+        const std::string id = "key_" + std::to_string(next() % 100000);
+        const int n = 1 + next() % 20;  // many ties
+        usage.count(id, k % 3 ? Outcome::accepted : Outcome::rate_limited, n);
+        requests[id] += n;
+    }
+    std::vector<std::pair<int, std::string>> ranked;
+    for (const auto &[id, n] : requests) ranked.emplace_back(-n, id);
+    std::sort(ranked.begin(), ranked.end());
+    ASSERT_EQ(usage.table.totals().untracked, 0u) << "the test's keys all found a slot";
+    for (std::uint32_t top : {1u, 7u, 100u, 1000u, 10000u}) {
+        std::vector<std::string> want;
+        for (std::size_t i = 0; i < ranked.size() && i < top; i++) want.push_back(ranked[i].second);
+        EXPECT_EQ(ids_of(select_keys(usage.table, keys_top(top))), want) << "top=" << top;
+    }
+}
+
+std::set<std::string> key_ids(const Exposition &e, std::string_view family) {
+    std::set<std::string> out;
+    for (const Sample *s : find(e, family)) out.insert(s->label("key_id"));
+    return out;
+}
+
+TEST(StatusPrometheus, KeysOffExportsZoneTotalsOnly) {
+    HeapUsage usage(64);
+    usage.count("key_a", Outcome::accepted, 5);
+    usage.count("key_b", Outcome::insufficient_scope, 2);
+    PrometheusOptions options;
+    options.keys = keys_mode(KeySeries::Mode::off);
+    const Exposition e = parse_prometheus(
+        status_prometheus({zone("keys", &usage.table)}, {}, options));
+    EXPECT_EQ(e.families.count("api_key_requests_total"), 0u) << "no per-key family at all";
+    EXPECT_EQ(e.families.count("api_key_last_used_timestamp_seconds"), 0u);
+    std::map<std::string, std::string> codes;
+    for (const Sample *s : find(e, "api_key_zone_requests_total"))
+        codes[s->label("code")] = s->value;
+    EXPECT_EQ(codes["accepted"], "5") << "zone totals are always exported";
+    EXPECT_EQ(codes["insufficient_scope"], "2");
+    EXPECT_EQ(find(e, "api_key_zone_untracked_requests_total").size(), 1u);
+}
+
+TEST(StatusPrometheus, KeysAllAndTheBoundedDefault) {
+    HeapUsage usage(512);
+    std::set<std::string> every;
+    for (int k = 0; k < 150; k++) {
+        const std::string id = "key_" + std::to_string(1000 + k);
+        usage.count(id, Outcome::accepted, 1 + k);  // key_1149 is the busiest
+        every.insert(id);
+    }
+    PrometheusOptions all;
+    all.keys = keys_mode(KeySeries::Mode::all);
+    Exposition e = parse_prometheus(status_prometheus({zone("keys", &usage.table)}, {}, all));
+    EXPECT_EQ(key_ids(e, "api_key_requests_total"), every) << "keys=all: every used key";
+    EXPECT_EQ(key_ids(e, "api_key_last_used_timestamp_seconds"), every);
+
+    e = parse_prometheus(status_prometheus({zone("keys", &usage.table)}));
+    std::set<std::string> busiest;
+    for (int k = 50; k < 150; k++) busiest.insert("key_" + std::to_string(1000 + k));
+    EXPECT_EQ(key_ids(e, "api_key_requests_total"), busiest)
+        << "the default: the 100 keys with the most requests";
+    EXPECT_EQ(key_ids(e, "api_key_last_used_timestamp_seconds"), busiest);
+    std::uint64_t zone_accepted = 0;
+    for (const Sample *s : find(e, "api_key_zone_requests_total")) {
+        if (s->label("code") == "accepted") zone_accepted = std::stoull(s->value);
+    }
+    EXPECT_EQ(zone_accepted, 150u * 151u / 2) << "zone totals count every key";
+}
+
+TEST(StatusPrometheus, KeysTopNPerZoneWithItsCounts) {
+    HeapUsage a(64), b(64);
+    a.count("key_1", Outcome::accepted, 10);
+    a.count("key_2", Outcome::accepted, 2);
+    a.count("key_2", Outcome::rate_limited, 9);  // 11: the busiest, by refusals
+    a.count("key_3", Outcome::accepted, 1);
+    b.count("key_9", Outcome::expired_key, 1);
+    b.count("key_8", Outcome::accepted, 1);
+    PrometheusOptions options;
+    options.keys = keys_top(2);
+    const Exposition e = parse_prometheus(
+        status_prometheus({zone("a", &a.table), zone("b", &b.table)}, {}, options));
+    std::map<std::string, std::string> got;
+    for (const Sample *s : find(e, "api_key_requests_total")) {
+        got[s->label("zone") + " " + s->label("key_id") + " " + s->label("code")] = s->value;
+    }
+    EXPECT_EQ(got, (std::map<std::string, std::string>{
+                       {"a key_1 accepted", "10"},
+                       {"a key_2 accepted", "2"},
+                       {"a key_2 rate_limit_exceeded", "9"},
+                       {"b key_8 accepted", "1"},
+                       {"b key_9 expired_api_key", "1"},
+                   }))
+        << "N per key zone; every code of a selected key";
+    std::set<std::string> last_used;
+    for (const Sample *s : find(e, "api_key_last_used_timestamp_seconds")) {
+        last_used.insert(s->label("zone") + " " + s->label("key_id"));
+    }
+    EXPECT_EQ(last_used, (std::set<std::string>{"a key_1", "a key_2", "b key_8", "b key_9"}));
+}
+
+// ---- units, timestamps and grouping in cluster mode
+
+TEST(StatusPrometheus, ClusterFamiliesAreGroupedWithTimestampsInSeconds) {
+    ZoneReport follows = zone("keys");
+    follows.follows = true;
+    follows.channel = "prod";
+    follows.last_read_ms_ago = 250;
+    follows.version = 1700000000123;
+    follows.versions_ignored = 4;
+    ZoneReport never = zone("quiet");
+    never.follows = true;
+    never.channel = "prod";
+    never.stale = true;
+    LimitZoneReport synced;
+    synced.zone = "limits";
+    synced.counters = 10;
+    synced.synced = true;
+    synced.last_success_ms_ago = 1500;
+    synced.last_batch_ms = 7;
+    synced.last_batch_budgets = 12;
+    LimitZoneReport plain;
+    plain.zone = "local";
+    plain.counters = 20;
+    PrometheusOptions options;
+    options.now_unix_ms = 1700000010000;
+    // Both a following key zone and a synced limit zone: the sync_state
+    // family must not be split by the channel families (the checker fails
+    // on a family whose samples are not together).
+    const std::string text = status_prometheus({follows, never}, {plain, synced}, options);
+    const Exposition e = parse_prometheus(text);
+
+    std::map<std::string, std::string> state;
+    for (const Sample *s : find(e, "api_key_sync_state")) {
+        state[s->label("zone") + " " + s->label("state")] = s->value;
+    }
+    EXPECT_EQ(state, (std::map<std::string, std::string>{{"keys ok", "1"},
+                                                         {"keys stale", "0"},
+                                                         {"quiet ok", "0"},
+                                                         {"quiet stale", "1"},
+                                                         {"limits ok", "1"},
+                                                         {"limits degraded", "0"}}));
+    auto read = find(e, "api_key_channel_last_read_timestamp_seconds");
+    ASSERT_EQ(read.size(), 2u);
+    EXPECT_EQ(read[0]->value, "1700000009.750");
+    EXPECT_EQ(read[1]->label("zone"), "quiet");
+    EXPECT_EQ(read[1]->value, "0") << "never read";
+    auto ignored = find(e, "api_key_channel_versions_ignored_total");
+    ASSERT_EQ(ignored.size(), 2u);
+    EXPECT_EQ(ignored[0]->value, "4");
+    auto success = find(e, "api_key_sync_last_success_timestamp_seconds");
+    ASSERT_EQ(success.size(), 1u);
+    EXPECT_EQ(success[0]->label("zone"), "limits");
+    EXPECT_EQ(success[0]->value, "1700000008.500");
+    auto duration = find(e, "api_key_sync_last_batch_duration_seconds");
+    ASSERT_EQ(duration.size(), 1u);
+    EXPECT_EQ(duration[0]->value, "0.007");
+    auto budgets = find(e, "api_key_sync_last_batch_budgets");
+    ASSERT_EQ(budgets.size(), 1u);
+    EXPECT_EQ(budgets[0]->value, "12");
+    std::map<std::string, std::string> counters;
+    for (const Sample *s : find(e, "api_key_limit_zone_counters")) {
+        counters[s->label("zone")] = s->value;
+    }
+    EXPECT_EQ(counters, (std::map<std::string, std::string>{{"local", "20"}, {"limits", "10"}}));
+
+    for (const auto &[name, f] : e.families) {
+        EXPECT_EQ(name.find("_ms"), std::string::npos) << name << ": base units (seconds)";
+        EXPECT_EQ(name.find("_ago"), std::string::npos) << name << ": timestamps, not ages";
+    }
+    EXPECT_EQ(e.families.count("api_key_sync_last_success_seconds"), 0u) << "renamed";
+
+    // Without the wall clock the timestamps are left out, nothing else.
+    const Exposition no_clock = parse_prometheus(status_prometheus({follows}, {synced}));
+    EXPECT_EQ(no_clock.families.count("api_key_sync_last_success_timestamp_seconds"), 0u);
+    EXPECT_EQ(no_clock.families.count("api_key_channel_last_read_timestamp_seconds"), 0u);
+    EXPECT_EQ(no_clock.families.count("api_key_sync_last_batch_duration_seconds"), 1u);
+}
+
+TEST(StatusPrometheus, InvalidUtf8InLabelsBecomesReplacementCharacters) {
+    HeapUsage usage(64);
+    usage.count(
+        "bad\xff"
+        "id",
+        Outcome::accepted);
+    usage.count("caf\xc3\xa9", Outcome::accepted);
+    const Exposition e = parse_prometheus(status_prometheus({zone("z\xc0\xaf", &usage.table)}));
+    EXPECT_EQ(key_ids(e, "api_key_requests_total"), (std::set<std::string>{"bad\xef\xbf\xbd"
+                                                                           "id",
+                                                                           "caf\xc3\xa9"}));
+    for (const Sample *s : find(e, "api_key_zone_keys")) {
+        EXPECT_EQ(s->label("zone"), "z\xef\xbf\xbd\xef\xbf\xbd");
+    }
 }
 
 }  // namespace

@@ -83,6 +83,11 @@ const char *const kInSubset[] = {
     "key :   value\n",
     "- a\n- b\n",           // not a key file, but valid YAML: the schema refuses it, not the reader
     "l: {write : 5r/m}\n",  // blanks before a flow key's colon are not part of the key
+    // allowed_ips: colons inside plain scalars, in flow and block lists
+    "keys:\n  - id: a\n    allowed_ips: [203.0.113.0/24, \"2001:db8::/32\", 2001:db8::1/128, "
+    "'::1', fe80::/10]\n",
+    "keys:\n  - id: a\n    allowed_ips:\n      - 2001:db8::/32\n      - \"::1\"\n"
+    "      - \"::ffff:203.0.113.0/120\"\n      - 198.51.100.7\n",
 };
 
 // clang-format off
@@ -142,9 +147,9 @@ TEST(YamlSubset, RefusesANulEvenInAComment) {
 TEST(YamlSubset, RandomKeyFilesMatchYamlCpp) {
     std::mt19937 rng(20261124);
     const std::vector<std::string> scalars = {
-        "a",     "key_1", "sha256:0f", "x y", "null", "~",  "2026-11-01T00:00:00Z",
-        "\"q\"", "'s'",   "5r/m",      "a:b", "-x",   "x:", "#c",
-        "[a]",   "{}",    "\"a\\\"\""};
+        "a",     "key_1", "sha256:0f", "x y",           "null", "~",   "2026-11-01T00:00:00Z",
+        "\"q\"", "'s'",   "5r/m",      "a:b",           "-x",   "x:",  "#c",
+        "[a]",   "{}",    "\"a\\\"\"", "2001:db8::/32", "::1",  "a::", "::ffff:1.2.3.4/128"};
     const std::vector<std::string> indents = {"", " ", "  ", "    "};
     auto pick = [&](const auto &v) { return v[rng() % v.size()]; };
     int accepted = 0;

@@ -89,6 +89,10 @@ Options:
   --scope SCOPE          a scope the key holds; repeat for more
   --scopes A,B,...       several scopes at once
   --limit CATEGORY=RATE  a per-key limit, e.g. write=500r/m; repeatable
+  --allow-ip NETWORK     accept the key only from this network: an IPv4 or
+                         IPv6 CIDR (203.0.113.0/24, 2001:db8::/32) or a single
+                         address; repeatable (at most 64). Without it the key
+                         works from any address
   --expires WHEN         a duration from now (90d, 12h, 30m, 2w, 1d12h) or a
                          time (2027-01-30T00:00:00Z, 2027-01-30)
   --prefix PREFIX        key prefix, e.g. jfi_sk_live_. If the file declares
@@ -137,8 +141,8 @@ at all), 2 usage error.
 
 constexpr std::string_view kRotateHelp = R"(Usage: apikeyctl rotate [OPTIONS] ID
 
-Issues a new key with the same owner, organization, plan, scopes and limits
-as key ID, and prints it once on stdout, as create does. The old key stays
+Issues a new key with the same owner, organization, plan, scopes, limits
+and allowed_ips as key ID, and prints it once on stdout, as create does. The old key stays
 valid until it is revoked ("apikeyctl revoke ID"), so clients can switch
 over without downtime.
 
@@ -153,8 +157,9 @@ Options:
 constexpr std::string_view kListHelp = R"(Usage: apikeyctl list [--json]
 
 Lists every key in file order: id, owner, organization, plan, scopes,
-environment, status (active, expired, revoked) and the created, expires and
-revoked times. Never prints keys or hashes. The environment comes from the
+environment, status (active, expired, revoked), the created, expires and
+revoked times, and the networks the key is restricted to (allowed_ips; "-"
+and null when it works from any address). Never prints keys or hashes. The environment comes from the
 prefix apikeyctl noted in the record when it issued the key ("-" when it is
 unknown or the file declares no prefixes).
 
@@ -483,6 +488,18 @@ int cmd_create(const Invocation &inv) {
         }
         req.attributes.limits.emplace_back(category, *rate);
     }
+    for (const std::string &text : inv.values("allow-ip")) {
+        IpNetwork net;
+        std::string error;
+        if (!parse_network(text, net, error)) throw UsageError("--allow-ip: " + error);
+        for (const IpNetwork &seen : req.attributes.allowed_ips) {
+            if (seen == net) throw UsageError("--allow-ip " + format_network(net) + " given twice");
+        }
+        if (req.attributes.allowed_ips.size() == kMaxAllowedIps) {
+            throw UsageError("more than " + std::to_string(kMaxAllowedIps) + " --allow-ip");
+        }
+        req.attributes.allowed_ips.push_back(net);
+    }
     if (auto when = inv.value("expires")) req.attributes.expires_at = expiry(*when, now);
     if (auto id = inv.value("id")) req.attributes.id = identifier("--id", *id);
     req.attributes.created_at = now;
@@ -664,6 +681,7 @@ int cmd_rotate(const Invocation &inv) {
         req.attributes.plan = old.plan;
         req.attributes.scopes = old.scopes;
         req.attributes.limits = old.limits;
+        req.attributes.allowed_ips = old.allowed_ips;
         req.attributes.created_at = now;
         issued = issue_key(editor, req);
     });
@@ -766,7 +784,13 @@ int cmd_list(const Invocation &inv) {
                 out += (k ? ", " : "") + json_string(s.limits[k].first) + ": " +
                        json_string(format_rate(s.limits[k].second));
             }
-            out += "}, \"environment\": " + opt_text(r.environment);
+            out += "}, \"allowed_ips\": ";
+            if (s.allowed_ips.empty()) out += "null";
+            for (std::size_t k = 0; k < s.allowed_ips.size(); k++) {
+                out += (k ? ", " : "[") + json_string(format_network(s.allowed_ips[k]));
+            }
+            if (!s.allowed_ips.empty()) out += "]";
+            out += ", \"environment\": " + opt_text(r.environment);
             out += ", \"prefix\": " + opt(r.prefix);
             out += ", \"status\": " + json_string(r.status);
             out += ", \"created_at\": " + opt(time_or(s.created_at, kUnknownTime));
@@ -779,17 +803,20 @@ int cmd_list(const Invocation &inv) {
     } else {
         std::vector<std::vector<std::string>> cells;
         cells.push_back({"ID", "OWNER", "ORGANIZATION", "PLAN", "SCOPES", "ENV", "STATUS",
-                         "CREATED", "EXPIRES", "REVOKED"});
+                         "CREATED", "EXPIRES", "REVOKED", "ALLOWED_IPS"});
         auto dash = [](const std::string &s) { return s.empty() ? std::string("-") : s; };
         for (const ListRow &r : rows) {
             const KeySpec &s = r.spec;
             std::string scopes;
             for (const std::string &sc : s.scopes) scopes += (scopes.empty() ? "" : ",") + sc;
+            std::string networks;
+            for (const IpNetwork &n : s.allowed_ips)
+                networks += (networks.empty() ? "" : ",") + format_network(n);
             cells.push_back({s.id, s.owner, dash(s.organization), dash(s.plan), dash(scopes),
                              dash(r.environment), r.status,
                              time_or(s.created_at, kUnknownTime).value_or("-"),
                              time_or(s.expires_at, kNever).value_or("-"),
-                             time_or(s.revoked_at, kNever).value_or("-")});
+                             time_or(s.revoked_at, kNever).value_or("-"), dash(networks)});
         }
         std::vector<std::size_t> width(cells[0].size(), 0);
         for (const auto &row : cells) {
@@ -893,8 +920,9 @@ const std::vector<Command> &commands() {
     static const std::vector<Command> list = {
         {"create", kCreateHelp,
          {{"owner", 0, true}, {"organization", 0, true}, {"org", 0, true}, {"plan", 0, true},
-          {"scope", 0, true}, {"scopes", 0, true}, {"limit", 0, true}, {"expires", 0, true},
-          {"prefix", 0, true}, {"environment", 0, true}, {"id", 0, true}, {"length", 0, true}},
+          {"scope", 0, true}, {"scopes", 0, true}, {"limit", 0, true}, {"allow-ip", 0, true},
+          {"expires", 0, true}, {"prefix", 0, true}, {"environment", 0, true}, {"id", 0, true},
+          {"length", 0, true}},
          0, 0, cmd_create},
         {"revoke", kRevokeHelp, with_channel_options({{"publish", 0, false}}), 1, SIZE_MAX,
          cmd_revoke},

@@ -73,6 +73,8 @@ std::uint64_t fingerprint(const KeySpec &spec) noexcept {
         f.number(rate.count);
         f.number(rate.period_seconds);
     }
+    f.number(spec.allowed_ips.size());
+    for (const IpNetwork &n : spec.allowed_ips) f.bytes(&n, sizeof n);
     f.number(static_cast<std::uint64_t>(spec.created_at));
     f.number(static_cast<std::uint64_t>(spec.expires_at));
     f.number(static_cast<std::uint64_t>(spec.revoked_at));

@@ -34,6 +34,16 @@ std::string format_time(std::int64_t seconds) {
     return std::string(out, sizeof out);
 }
 
+std::string format_networks(const std::vector<IpNetwork> &networks) {
+    std::string list = "[";
+    for (std::size_t i = 0; i < networks.size(); i++) {
+        if (i) list += ", ";
+        const std::string text = format_network(networks[i]);
+        list += text.find(':') == std::string::npos ? text : "\"" + text + "\"";
+    }
+    return list + "]";
+}
+
 std::string render_record(const KeySpec &spec, const std::optional<std::string> &prefix_note,
                           const RecordLayout &layout, std::string_view eol) {
     const std::string indent(layout.field_indent, ' ');
@@ -76,6 +86,7 @@ std::string render_record(const KeySpec &spec, const std::optional<std::string> 
         }
         field(false, "limits", map + "}");
     }
+    if (!spec.allowed_ips.empty()) field(false, "allowed_ips", format_networks(spec.allowed_ips));
     if (prefix_note) {
         out += indent;
         out += kPrefixNote;

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/table_builder.h"
 
@@ -18,6 +19,10 @@ std::string yaml_scalar(std::string_view s);
 
 std::string format_rate(const Rate &rate);      // "500r/m"
 std::string format_time(std::int64_t seconds);  // "2026-11-01T00:00:00Z"
+
+// "[203.0.113.0/24, \"2001:db8::/32\"]": canonical text, IPv6 quoted (a
+// plain scalar with colons is one that readers may split).
+std::string format_networks(const std::vector<IpNetwork> &networks);
 
 // Where a record's "- " and its fields sit; new records copy the file's.
 struct RecordLayout {

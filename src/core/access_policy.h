@@ -63,14 +63,16 @@ public:
 
     // identify_key, then check_digest. No allocation and no exceptions: the
     // per-table view of the rules is rebuilt in place when the table changes.
-    Verdict check(const KeyTable &table, std::string_view key, unsigned method,
-                  std::int64_t now) noexcept;
+    Verdict check(const KeyTable &table, std::string_view key, unsigned method, std::int64_t now,
+                  ClientSource client = {}) noexcept;
 
-    // Lookup -> revoked -> expired -> environment -> plan -> scopes, for a key
-    // already identified (also after an internal redirect, when the key
-    // itself may have been hidden from the request).
+    // Lookup -> revoked -> expired -> environment -> plan -> allowed_ips ->
+    // scopes, for a key already identified (also after an internal
+    // redirect, when the key itself may have been hidden from the request).
+    // The client's address is read only for a key with allowed_ips; an
+    // unknown one (no source, a unix socket) matches none of them.
     Verdict check_digest(const KeyTable &table, const Digest &digest, Environment environment,
-                         unsigned method, std::int64_t now) noexcept;
+                         unsigned method, std::int64_t now, ClientSource client = {}) noexcept;
 
     bool checks_plan() const noexcept { return !plans_.empty(); }
 

@@ -2,10 +2,6 @@
 
 namespace apikey {
 
-namespace {
-
-// Length of the valid UTF-8 sequence at s[i], 0 if invalid (RFC 3629:
-// no overlongs, no surrogates, nothing above U+10FFFF).
 std::size_t utf8_sequence(std::string_view s, std::size_t i) noexcept {
     const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
     const unsigned char c = b(0);
@@ -31,8 +27,6 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) noexcept {
     }
     return n;
 }
-
-}  // namespace
 
 std::size_t json_escape(std::string_view s, char *out) noexcept {
     static constexpr char hex[] = "0123456789abcdef";

@@ -15,4 +15,8 @@ constexpr std::size_t json_escaped_max(std::size_t n) noexcept { return 6 * n; }
 // at least json_escaped_max(s.size()) bytes.
 std::size_t json_escape(std::string_view s, char *out) noexcept;
 
+// Length of the valid UTF-8 sequence at s[i] (i < s.size()), 0 if invalid
+// (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF).
+std::size_t utf8_sequence(std::string_view s, std::size_t i) noexcept;
+
 }  // namespace apikey

@@ -31,7 +31,7 @@ constexpr std::size_t kMaxTextLength = 128;
 enum class Field {
     version, prefixes, keys,                               // top level
     id, hash, owner, organization_id, plan, scopes,        // key record
-    created_at, expires_at, revoked_at, limits,
+    created_at, expires_at, revoked_at, limits, allowed_ips,
     none
 };
 // clang-format on
@@ -55,6 +55,7 @@ constexpr FieldName kKeyFields[] = {
     {"expires_at", Field::expires_at},
     {"revoked_at", Field::revoked_at},
     {"limits", Field::limits},
+    {"allowed_ips", Field::allowed_ips},
 };
 
 template <std::size_t N>
@@ -67,7 +68,8 @@ Field lookup(const FieldName (&fields)[N], std::string_view name) {
 
 // yaml-cpp pushes events; this is the schema as a small state machine.
 // Every container is checked against what the schema allows at that point,
-// so the structure can never be deeper than key -> limits -> value.
+// so the structure can never be deeper than key -> limits -> value (or
+// key -> scopes / allowed_ips -> item).
 class SchemaHandler final : public YAML::EventHandler {
 public:
     explicit SchemaHandler(KeyFileSink &sink) : sink_(sink) {}
@@ -107,6 +109,9 @@ public:
         } else if (state_ == State::key_value && field_ == Field::scopes) {
             state_ = State::scopes;
             spec_.scopes.clear();
+        } else if (state_ == State::key_value && field_ == Field::allowed_ips) {
+            state_ = State::networks;
+            spec_.allowed_ips.clear();
         } else {
             unexpected(mark, "a list");
         }
@@ -115,6 +120,9 @@ public:
     void OnSequenceEnd() override {
         if (state_ == State::keys) {
             state_ = State::top;
+        } else if (state_ == State::networks) {
+            if (spec_.allowed_ips.empty()) no_networks(name_line_);
+            state_ = State::key;
         } else {  // scopes
             state_ = State::key;
         }
@@ -155,8 +163,8 @@ public:
 private:
     // clang-format off
     enum class State {
-        start, top, top_value, prefixes, prefix_value, keys, key, key_value, scopes, limits,
-        limit_value, done
+        start, top, top_value, prefixes, prefix_value, keys, key, key_value, scopes, networks,
+        limits, limit_value, done
     };
     // clang-format on
 
@@ -177,6 +185,12 @@ private:
                                quoted(name_) + " must be " + expected() + ", not " + what);
         case State::scopes:
             throw KeyFileError(line(mark), std::string("each scope must be a string, not ") + what);
+        case State::networks:
+            // "2001:db8::" unquoted reads as a map: its last colon makes it a key.
+            throw KeyFileError(line(mark),
+                               std::string("each entry of \"allowed_ips\" must be a network such "
+                                           "as 203.0.113.0/24, not ") +
+                                   what + " (quote IPv6 networks: \"2001:db8::/32\")");
         case State::prefix_value:
         case State::limit_value:
             throw KeyFileError(line(mark), quoted(name_) + " must be a string, not " + what);
@@ -192,6 +206,7 @@ private:
         case Field::keys: return "a list of key records";
         case Field::scopes: return "a list of scope names";
         case Field::limits: return "a map of category to rate";
+        case Field::allowed_ips: return "a list of networks";
         default: return "a single value";
         }
     }
@@ -232,6 +247,7 @@ private:
             check_identifier(mark, "scope", *text);
             spec_.scopes.push_back(*text);
             return;
+        case State::networks: network(mark, text); return;
         case State::keys: unexpected(mark, text ? "a single value" : "null");
         case State::done:
             throw KeyFileError(line(mark), "the file holds more than one YAML document");
@@ -272,6 +288,10 @@ private:
         if (field_ == Field::scopes && !text) {
             spec_.scopes.clear();
             return;
+        }
+        if (field_ == Field::allowed_ips) {
+            if (!text) no_networks(line(mark));
+            unexpected(mark, "a single value");
         }
         if (field_ == Field::scopes || field_ == Field::limits) {
             if (!text) return;
@@ -353,6 +373,34 @@ private:
             }
         }
         spec_.limits.emplace_back(name_, *rate);
+    }
+
+    // An empty list would read as "from nowhere" to some and "from anywhere"
+    // to others: neither is written this way on purpose.
+    [[noreturn]] static void no_networks(std::uint32_t at) {
+        throw KeyFileError(at,
+                           "\"allowed_ips\" is empty: list at least one network, or leave the "
+                           "field out to accept the key from any address");
+    }
+
+    void network(const YAML::Mark &mark, const std::string *text) {
+        if (!text) {
+            throw KeyFileError(line(mark), "an entry of \"allowed_ips\" must not be null");
+        }
+        IpNetwork net;
+        std::string error;
+        if (!parse_network(*text, net, error)) throw KeyFileError(line(mark), error);
+        for (const IpNetwork &seen : spec_.allowed_ips) {
+            if (seen == net) {
+                throw KeyFileError(line(mark), "duplicate network " + quoted(format_network(net)) +
+                                                   " in \"allowed_ips\"");
+            }
+        }
+        if (spec_.allowed_ips.size() == kMaxAllowedIps) {
+            throw KeyFileError(line(mark), "more than " + std::to_string(kMaxAllowedIps) +
+                                               " networks in \"allowed_ips\"");
+        }
+        spec_.allowed_ips.push_back(net);
     }
 
     void check_identifier(const YAML::Mark &mark, const char *what, const std::string &v) const {

@@ -40,7 +40,7 @@ int KeyTable::find_scope(std::string_view name) const noexcept {
 
 int KeyTable::find_plan(std::string_view name) const noexcept {
     for (std::uint32_t i = 0; i < plan_count(); i++) {
-        if (plan_name(static_cast<std::uint16_t>(i)) == name) return static_cast<int>(i);
+        if (plan_name(static_cast<std::uint8_t>(i)) == name) return static_cast<int>(i);
     }
     return -1;
 }

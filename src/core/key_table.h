@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "digest.h"
+#include "ip_network.h"
 
 namespace apikey {
 
@@ -21,7 +22,7 @@ constexpr std::size_t kMaxScopes = 128;  // distinct scopes per key file
 constexpr std::size_t kMaxPlans = 64;    // distinct plans per key file
 constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t kUnknownTime = std::numeric_limits<std::int64_t>::min();
-constexpr std::uint16_t kNoPlan = 0xffff;
+constexpr std::uint8_t kNoPlan = 0xff;
 
 // One bit per interned scope name: a scope check is two AND-NOTs.
 struct ScopeSet {
@@ -56,7 +57,9 @@ struct KeyRecord {
     StrRef organization;       // len 0: a personal key
     std::uint32_t limits_off;  // first LimitOverride of this key
     std::uint16_t limits_count;
-    std::uint16_t plan;  // index into plan names, kNoPlan when absent
+    std::uint8_t plan;      // index into plan names, kNoPlan when absent
+    std::uint8_t networks;  // allowed_ips: IpNetworks stored right after the id's
+                            // bytes in the string area; 0: any address
 };
 
 struct PrefixEntry {
@@ -88,9 +91,11 @@ struct TableHeader {
 static_assert(std::is_trivially_copyable_v<KeyRecord>);
 static_assert(std::is_trivially_copyable_v<TableHeader>);
 static_assert(sizeof(KeyRecord) == 104, "KeyRecord is part of the shared memory layout");
+static_assert(kMaxPlans < kNoPlan && kMaxAllowedIps <= 0xff);
 
 constexpr std::uint32_t kTableMagic = 0x5441'4b31;  // "1KAT"
-constexpr std::uint32_t kTableLayoutVersion = 1;
+// 2: plan narrowed to one byte, allowed_ips (KeyRecord::networks) added.
+constexpr std::uint32_t kTableLayoutVersion = 2;
 
 // A read-only view of an image. Cheap to copy; never owns memory.
 class KeyTable {
@@ -126,7 +131,7 @@ public:
     int find_scope(std::string_view name) const noexcept;  // -1 if no key has it
 
     std::uint32_t plan_count() const noexcept { return header().plan_count; }
-    std::string_view plan_name(std::uint16_t plan) const noexcept {
+    std::string_view plan_name(std::uint8_t plan) const noexcept {
         return plan == kNoPlan ? std::string_view{}
                                : text(at<StrRef>(header().plan_names_off)[plan]);
     }
@@ -143,6 +148,13 @@ public:
 
     const LimitOverride *limits(const KeyRecord &record) const noexcept {
         return at<LimitOverride>(header().limits_off) + record.limits_off;
+    }
+
+    // record.networks entries. Packed after the id (never interned, so the
+    // bytes after it belong to this record alone): a key without
+    // allowed_ips costs no byte, and one with them no index.
+    const IpNetwork *networks(const KeyRecord &record) const noexcept {
+        return at<IpNetwork>(header().strings_off + record.id.off + record.id.len);
     }
 
 private:

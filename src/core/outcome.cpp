@@ -17,6 +17,8 @@ constexpr OutcomeInfo kInfo[kOutcomeCount] = {
     {401, "authentication_error", "revoked_api_key", "The API key provided has been revoked.", ""},
     {401, "authentication_error", "expired_api_key", "The API key provided has expired.", ""},
     {403, "permission_error", "plan_required", "The API is available on paid plans only.", ""},
+    {403, "permission_error", "ip_not_allowed", "The API key cannot be used from this IP address.",
+     ""},
     {403, "permission_error", "insufficient_scope",
      "The API key does not have the required scope '", "'."},
     {429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded: ", "."},

@@ -17,12 +17,13 @@ enum class Outcome : std::uint8_t {
     revoked_key,
     expired_key,
     plan_required,
+    ip_not_allowed,  // allowed_ips: checked after plan, before scopes
     insufficient_scope,
     rate_limited,
     internal_error,  // the module itself failed (no memory, no table): refuse, never let through
 };
 
-constexpr std::size_t kOutcomeCount = 11;
+constexpr std::size_t kOutcomeCount = 12;
 
 struct OutcomeInfo {
     unsigned status;                // 0 for accepted

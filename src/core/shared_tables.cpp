@@ -15,7 +15,8 @@ namespace apikey {
 
 namespace {
 
-constexpr std::uint64_t kStateMagic = 0x3353'4554'4b41'5031ull;  // "1PAKTES3"
+// 4: a twelfth outcome (ip_not_allowed) in the usage counters.
+constexpr std::uint64_t kStateMagic = 0x3453'4554'4b41'5031ull;  // "1PAKTES4"
 
 std::uint64_t align8(std::uint64_t n) noexcept { return (n + 7) & ~std::uint64_t{7}; }
 

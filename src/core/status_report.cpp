@@ -1,9 +1,14 @@
 #include "status_report.h"
 
+#include <algorithm>
+#include <initializer_list>
+#include <utility>
+
 #include "grant_script.h"
 #include "json.h"
 #include "shm_atomic.h"
 #include "timestamp.h"
+#include "version.h"
 
 namespace apikey {
 
@@ -33,20 +38,28 @@ struct CodeCount {
 };
 
 // Counters summed by code ("invalid_api_key" has three causes), in table
-// order, zeros left out; index 0 is "accepted".
-std::vector<CodeCount> by_code(const std::uint64_t (&count)[kOutcomeCount]) {
-    std::vector<CodeCount> out;
+// order; at most one per outcome, so no allocation per key.
+struct Codes {
+    CodeCount at[kOutcomeCount];
+    std::size_t size = 0;
+    const CodeCount *begin() const { return at; }
+    const CodeCount *end() const { return at + size; }
+};
+
+// Zeros left out unless asked for; index 0 is "accepted".
+Codes by_code(const std::uint64_t (&count)[kOutcomeCount], bool zeros = false) {
+    Codes out;
     for (std::size_t o = 0; o < kOutcomeCount; o++) {
-        if (count[o] == 0) continue;
+        if (count[o] == 0 && !zeros) continue;
         const std::string_view code = o == 0 ? "accepted" : describe(static_cast<Outcome>(o)).code;
         bool merged = false;
-        for (CodeCount &c : out) {
-            if (c.code == code) {
-                c.n += count[o];
+        for (std::size_t i = 0; i < out.size && !merged; i++) {
+            if (out.at[i].code == code) {
+                out.at[i].n += count[o];
                 merged = true;
             }
         }
-        if (!merged) out.push_back({code, count[o]});
+        if (!merged) out.at[out.size++] = {code, count[o]};
     }
     return out;
 }
@@ -68,23 +81,6 @@ void json_codes(std::string &out, const std::uint64_t (&count)[kOutcomeCount]) {
 // A snapshot of one slot's counters (each read atomically).
 void snapshot(const UsageSlot &s, std::uint64_t (&count)[kOutcomeCount]) {
     for (std::size_t o = 0; o < kOutcomeCount; o++) count[o] = load_relaxed(&s.count[o]);
-}
-
-// Prometheus label values: backslash, quote and newline escaped.
-void label(std::string &out, std::string_view name, std::string_view value) {
-    out += name;
-    out += "=\"";
-    for (char c : value) {
-        if (c == '\\' || c == '"') {
-            out += '\\';
-            out += c;
-        } else if (c == '\n') {
-            out += "\\n";
-        } else {
-            out += c;
-        }
-    }
-    out += '"';
 }
 
 }  // namespace
@@ -191,9 +187,114 @@ std::string status_json(const std::vector<ZoneReport> &zones,
 
 namespace {
 
+// Unix milliseconds as seconds with three decimals ("1700000000.123").
+std::string seconds_ms(std::int64_t ms) {
+    if (ms < 0) ms = 0;
+    char frac[4] = {static_cast<char>('0' + ms / 100 % 10), static_cast<char>('0' + ms / 10 % 10),
+                    static_cast<char>('0' + ms % 10), '\0'};
+    return std::to_string(ms / 1000) + '.' + frac;
+}
+
+// The requests a key made since its slot was claimed, refusals included.
+std::uint64_t requests_of(const UsageSlot &s) {
+    std::uint64_t n = 0;
+    for (std::size_t o = 0; o < kOutcomeCount; o++) n += load_relaxed(&s.count[o]);
+    return n;
+}
+
+struct Ranked {
+    std::uint64_t requests;
+    const UsageSlot *slot;
+};
+
+// a ranks before b: more requests, or as many and a smaller key id (ids are
+// unique within a table; the slot's address settles anything else).
+bool ranks_before(const Ranked &a, const Ranked &b) {
+    if (a.requests != b.requests) return a.requests > b.requests;
+    const std::string_view ia(a.slot->id, a.slot->id_len), ib(b.slot->id, b.slot->id_len);
+    if (ia != ib) return ia < ib;
+    return a.slot < b.slot;
+}
+
+// Writes the text exposition format (version 0.0.4) into out.
+class Exposition {
+public:
+    explicit Exposition(std::string &out) : out_(out) {}
+
+    // # HELP and # TYPE of a family; its samples must follow at once.
+    void family(std::string_view name, const char *type, std::string_view help) {
+        out_ += "# HELP ";
+        out_ += name;
+        out_ += ' ';
+        out_ += help;
+        out_ += "\n# TYPE ";
+        out_ += name;
+        out_ += ' ';
+        out_ += type;
+        out_ += '\n';
+    }
+
+    using Labels = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+
+    void sample(std::string_view name, Labels labels, std::string_view value) {
+        out_ += name;
+        if (labels.size() != 0) {
+            out_ += '{';
+            bool first = true;
+            for (const auto &[label, v] : labels) {
+                if (!first) out_ += ',';
+                first = false;
+                out_ += label;
+                out_ += "=\"";
+                label_value(v);
+                out_ += '"';
+            }
+            out_ += '}';
+        }
+        out_ += ' ';
+        out_ += value;
+        out_ += '\n';
+    }
+    void sample(std::string_view name, Labels labels, std::uint64_t value) {
+        sample(name, labels, std::to_string(value));
+    }
+
+private:
+    // Backslash, quote and newline escaped; invalid UTF-8 becomes U+FFFD
+    // (Prometheus refuses a scrape with a label value that is not UTF-8).
+    void label_value(std::string_view value) {
+        for (std::size_t i = 0; i < value.size();) {
+            const char c = value[i];
+            if (c == '\\' || c == '"') {
+                out_ += '\\';
+                out_ += c;
+            } else if (c == '\n') {
+                out_ += "\\n";
+            } else if (static_cast<unsigned char>(c) >= 0x80) {
+                const std::size_t n = utf8_sequence(value, i);
+                if (n == 0) {
+                    out_ += "\xef\xbf\xbd";
+                    i++;
+                } else {
+                    out_.append(value.data() + i, n);
+                    i += n;
+                }
+                continue;
+            } else {
+                out_ += c;
+            }
+            i++;
+        }
+    }
+
+    std::string &out_;
+};
+
+bool has_usage(const ZoneReport &r) { return r.usage != nullptr && r.usage->valid(); }
+
 // Key channels (cluster mode): what the node applied from the stream.
-template <typename Help>
-void channel_metrics(std::string &out, const std::vector<ZoneReport> &zones, Help &help) {
+void channel_metrics(Exposition &e, const std::vector<ZoneReport> &zones,
+                     const PrometheusOptions &options) {
     const struct {
         const char *name;
         const char *type;
@@ -212,152 +313,30 @@ void channel_metrics(std::string &out, const std::vector<ZoneReport> &zones, Hel
         {"api_key_channel_entries_refused_total", "counter",
          "Channel entries refused (unsigned, forged, malformed or unreadable).",
          &ZoneReport::entries_refused},
+        {"api_key_channel_versions_ignored_total", "counter",
+         "Published versions ignored because they were not newer than the one in force.",
+         &ZoneReport::versions_ignored},
     };
     for (const auto &m : metrics) {
-        help(m.name, m.type, m.text);
+        e.family(m.name, m.type, m.text);
         for (const ZoneReport &r : zones) {
-            if (!r.follows) continue;
-            out += m.name;
-            out += '{';
-            label(out, "zone", r.zone);
-            out += "} " + std::to_string(r.*m.field) + '\n';
+            if (r.follows) e.sample(m.name, {{"zone", r.zone}}, r.*m.field);
         }
+    }
+    if (options.now_unix_ms <= 0) return;
+    e.family("api_key_channel_last_read_timestamp_seconds", "gauge",
+             "When the node last read the channel's stream (0: never).");
+    for (const ZoneReport &r : zones) {
+        if (!r.follows) continue;
+        e.sample("api_key_channel_last_read_timestamp_seconds", {{"zone", r.zone}},
+                 r.last_read_ms_ago < 0 ? std::string("0")
+                                        : seconds_ms(options.now_unix_ms - r.last_read_ms_ago));
     }
 }
 
-}  // namespace
-
-std::string status_prometheus(const std::vector<ZoneReport> &zones,
-                              const std::vector<LimitZoneReport> &limit_zones) {
-    std::string out;
-    auto help = [&out](const char *name, const char *type, const char *text) {
-        out += "# HELP ";
-        out += name;
-        out += ' ';
-        out += text;
-        out += "\n# TYPE ";
-        out += name;
-        out += ' ';
-        out += type;
-        out += '\n';
-    };
-    auto zone_gauge = [&](const char *name, const char *text, auto value) {
-        help(name, "gauge", text);
-        for (const ZoneReport &r : zones) {
-            out += name;
-            out += '{';
-            label(out, "zone", r.zone);
-            out += "} " + std::to_string(value(r)) + '\n';
-        }
-    };
-    zone_gauge("api_key_zone_keys", "Keys in the table in force.",
-               [](const ZoneReport &r) { return r.keys; });
-    zone_gauge("api_key_zone_generation", "Tables loaded into the zone since it was created.",
-               [](const ZoneReport &r) { return r.generation; });
-    zone_gauge("api_key_zone_loaded_timestamp_seconds", "When the table in force was loaded.",
-               [](const ZoneReport &r) { return r.loaded_at; });
-    zone_gauge("api_key_zone_load_error",
-               "1 when the key file changed and the new version could not be loaded.",
-               [](const ZoneReport &r) { return r.last_error.empty() ? 0 : 1; });
-    help("api_key_zone_bytes", "gauge", "Shared memory of the zone, used and free.");
-    for (const ZoneReport &r : zones) {
-        for (const auto &[state, bytes] :
-             {std::pair<const char *, std::uint64_t>{"used", r.bytes_total - r.bytes_free},
-              {"free", r.bytes_free}}) {
-            out += "api_key_zone_bytes{";
-            label(out, "zone", r.zone);
-            out += ',';
-            label(out, "state", state);
-            out += "} " + std::to_string(bytes) + '\n';
-        }
-    }
-
-    help("api_key_zone_requests_total", "counter",
-         "Requests by outcome, including those without a known key.");
-    for (const ZoneReport &r : zones) {
-        if (r.usage == nullptr || !r.usage->valid()) continue;
-        std::uint64_t totals[kOutcomeCount];
-        const UsageTotals &t = r.usage->totals();
-        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load_relaxed(&t.count[o]);
-        for (const CodeCount &c : by_code(totals)) {
-            out += "api_key_zone_requests_total{";
-            label(out, "zone", r.zone);
-            out += ',';
-            label(out, "code", c.code);
-            out += "} " + std::to_string(c.n) + '\n';
-        }
-    }
-
-    help("api_key_zone_untracked_requests_total", "counter",
-         "Requests of keys that found no free usage slot (counted in the zone totals only).");
-    for (const ZoneReport &r : zones) {
-        if (r.usage == nullptr || !r.usage->valid()) continue;
-        out += "api_key_zone_untracked_requests_total{";
-        label(out, "zone", r.zone);
-        out += "} " + std::to_string(load_relaxed(&r.usage->totals().untracked)) + '\n';
-    }
-
-    help("api_key_requests_total", "counter",
-         "Requests per key by outcome (keys used since start).");
-    std::string last_used;
-    for (const ZoneReport &r : zones) {
-        if (r.usage == nullptr || !r.usage->valid()) continue;
-        for (std::uint64_t i = 0; i < r.usage->capacity(); i++) {
-            const UsageSlot *s = r.usage->slot(i);
-            if (s == nullptr) continue;
-            std::uint64_t count[kOutcomeCount];
-            snapshot(*s, count);
-            const std::string_view id(s->id, s->id_len);
-            for (const CodeCount &c : by_code(count)) {
-                out += "api_key_requests_total{";
-                label(out, "zone", r.zone);
-                out += ',';
-                label(out, "key_id", id);
-                out += ',';
-                label(out, "code", c.code);
-                out += "} " + std::to_string(c.n) + '\n';
-            }
-            last_used += "api_key_last_used_timestamp_seconds{";
-            label(last_used, "zone", r.zone);
-            last_used += ',';
-            label(last_used, "key_id", id);
-            last_used += "} " + std::to_string(load_relaxed(&s->last_used)) + '\n';
-        }
-    }
-    help("api_key_last_used_timestamp_seconds", "gauge", "When each key was last used.");
-    out += last_used;
-
-    bool any_follows = false;
-    for (const ZoneReport &r : zones) any_follows |= r.follows;
-    bool any_synced = false;
-    for (const LimitZoneReport &l : limit_zones) any_synced |= l.synced;
-    if (!any_synced && !any_follows) return out;
-    // One family for both kinds of zone: a key zone is ok or stale, a limit zone ok or degraded.
-    help("api_key_sync_state", "gauge", "Cluster sync state of a zone (1 for the current).");
-    for (const ZoneReport &r : zones) {
-        if (!r.follows) continue;
-        for (const char *state : {"ok", "stale"}) {
-            out += "api_key_sync_state{";
-            label(out, "zone", r.zone);
-            out += ',';
-            label(out, "state", state);
-            out += "} ";
-            out += (r.stale == (std::string_view(state) == "stale")) ? "1\n" : "0\n";
-        }
-    }
-    if (any_follows) channel_metrics(out, zones, help);
-    if (!any_synced) return out;
-    for (const LimitZoneReport &l : limit_zones) {
-        if (!l.synced) continue;
-        for (const char *state : {"ok", "degraded"}) {
-            out += "api_key_sync_state{";
-            label(out, "zone", l.zone);
-            out += ',';
-            label(out, "state", state);
-            out += "} ";
-            out += (l.degraded == (std::string_view(state) == "degraded")) ? "1\n" : "0\n";
-        }
-    }
+// Synced limit zones (cluster mode): the exchanges with Redis.
+void limit_sync_metrics(Exposition &e, const std::vector<LimitZoneReport> &limit_zones,
+                        const PrometheusOptions &options) {
     const struct {
         const char *name;
         const char *text;
@@ -375,33 +354,220 @@ std::string status_prometheus(const std::vector<ZoneReport> &zones,
          &LimitZoneReport::refused_no_grant},
     };
     for (const auto &c : counters) {
-        help(c.name, "counter", c.text);
+        e.family(c.name, "counter", c.text);
         for (const LimitZoneReport &l : limit_zones) {
-            if (!l.synced) continue;
-            out += c.name;
-            out += '{';
-            label(out, "zone", l.zone);
-            out += "} " + std::to_string(l.*c.field) + '\n';
+            if (l.synced) e.sample(c.name, {{"zone", l.zone}}, l.*c.field);
         }
     }
-    help("api_key_sync_last_success_seconds", "gauge",
-         "Seconds since the last exchange with Redis.");
+    if (options.now_unix_ms > 0) {
+        e.family("api_key_sync_last_success_timestamp_seconds", "gauge",
+                 "When the last exchange with Redis succeeded (before the first: when syncing "
+                 "started).");
+        for (const LimitZoneReport &l : limit_zones) {
+            if (!l.synced) continue;
+            e.sample("api_key_sync_last_success_timestamp_seconds", {{"zone", l.zone}},
+                     seconds_ms(options.now_unix_ms - l.last_success_ms_ago));
+        }
+    }
+    e.family("api_key_sync_last_batch_duration_seconds", "gauge",
+             "Duration of the last batch exchanged with Redis.");
     for (const LimitZoneReport &l : limit_zones) {
         if (!l.synced) continue;
-        out += "api_key_sync_last_success_seconds{";
-        label(out, "zone", l.zone);
-        out += "} " + std::to_string(l.last_success_ms_ago / 1000) + '\n';
+        e.sample("api_key_sync_last_batch_duration_seconds", {{"zone", l.zone}},
+                 seconds_ms(static_cast<std::int64_t>(l.last_batch_ms)));
+    }
+    e.family("api_key_sync_last_batch_budgets", "gauge", "Budgets in the last batch.");
+    for (const LimitZoneReport &l : limit_zones) {
+        if (l.synced)
+            e.sample("api_key_sync_last_batch_budgets", {{"zone", l.zone}}, l.last_batch_budgets);
     }
     const std::string nodes_help =
         "Nginx nodes (this one included) that synced the zone through its Redis in the last " +
         std::to_string(kNodeSeenMs / 1000) + " seconds.";
-    help("api_key_sync_nodes", "gauge", nodes_help.c_str());
+    e.family("api_key_sync_nodes", "gauge", nodes_help);
+    for (const LimitZoneReport &l : limit_zones) {
+        if (l.synced) e.sample("api_key_sync_nodes", {{"zone", l.zone}}, l.nodes_seen);
+    }
+}
+
+}  // namespace
+
+bool parse_key_series(std::string_view value, KeySeries &out) noexcept {
+    if (value == "off") {
+        out.mode = KeySeries::Mode::off;
+        return true;
+    }
+    if (value == "all") {
+        out.mode = KeySeries::Mode::all;
+        return true;
+    }
+    constexpr std::string_view top = "top=";
+    if (value.substr(0, top.size()) != top) return false;
+    value.remove_prefix(top.size());
+    if (value.empty() || value.size() > 5 || value[0] == '0') return false;
+    std::uint32_t n = 0;
+    for (char c : value) {
+        if (c < '0' || c > '9') return false;
+        n = n * 10 + static_cast<std::uint32_t>(c - '0');
+    }
+    if (n > KeySeries::kMaxTop) return false;
+    out.mode = KeySeries::Mode::top;
+    out.top = n;
+    return true;
+}
+
+std::vector<const UsageSlot *> select_keys(const UsageTable &usage, const KeySeries &keys) {
+    std::vector<const UsageSlot *> out;
+    if (!usage.valid() || keys.mode == KeySeries::Mode::off) return out;
+    if (keys.mode == KeySeries::Mode::all) {
+        for (std::uint64_t i = 0; i < usage.capacity(); i++) {
+            if (const UsageSlot *s = usage.slot(i)) out.push_back(s);
+        }
+        return out;
+    }
+    if (keys.top == 0) return out;
+    // A heap of the best `top` so far whose front is the worst of them.
+    std::vector<Ranked> best;
+    best.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(keys.top, usage.capacity())));
+    for (std::uint64_t i = 0; i < usage.capacity(); i++) {
+        const UsageSlot *s = usage.slot(i);
+        if (s == nullptr) continue;
+        const Ranked r{requests_of(*s), s};
+        if (best.size() < keys.top) {
+            best.push_back(r);
+            std::push_heap(best.begin(), best.end(), ranks_before);
+        } else if (ranks_before(r, best.front())) {
+            std::pop_heap(best.begin(), best.end(), ranks_before);
+            best.back() = r;
+            std::push_heap(best.begin(), best.end(), ranks_before);
+        }
+    }
+    std::sort_heap(best.begin(), best.end(), ranks_before);
+    out.reserve(best.size());
+    for (const Ranked &r : best) out.push_back(r.slot);
+    return out;
+}
+
+std::string status_prometheus(const std::vector<ZoneReport> &zones,
+                              const std::vector<LimitZoneReport> &limit_zones,
+                              const PrometheusOptions &options) {
+    std::string out;
+    Exposition e(out);
+
+    e.family("api_key_build_info", "gauge",
+             "Version of the module and of the nginx it was built for (always 1).");
+    e.sample("api_key_build_info",
+             {{"version", kModuleVersion},
+              {"nginx", options.nginx.empty() ? std::string_view("unknown") : options.nginx}},
+             "1");
+
+    auto zone_gauge = [&](const char *name, const char *help, auto value) {
+        e.family(name, "gauge", help);
+        for (const ZoneReport &r : zones) e.sample(name, {{"zone", r.zone}}, value(r));
+    };
+    zone_gauge("api_key_zone_keys", "Keys in the table in force.",
+               [](const ZoneReport &r) { return r.keys; });
+    zone_gauge("api_key_zone_generation", "Tables loaded into the zone since it was created.",
+               [](const ZoneReport &r) { return r.generation; });
+    zone_gauge("api_key_zone_loaded_timestamp_seconds",
+               "When the table in force was loaded (0: never).", [](const ZoneReport &r) {
+                   return static_cast<std::uint64_t>(std::max<std::int64_t>(r.loaded_at, 0));
+               });
+    zone_gauge("api_key_zone_load_error",
+               "1 when the key file changed and the new version could not be loaded.",
+               [](const ZoneReport &r) { return std::uint64_t{r.last_error.empty() ? 0u : 1u}; });
+    e.family("api_key_zone_bytes", "gauge", "Shared memory of the zone, used and free.");
+    for (const ZoneReport &r : zones) {
+        e.sample("api_key_zone_bytes", {{"zone", r.zone}, {"state", "used"}},
+                 r.bytes_total - r.bytes_free);
+        e.sample("api_key_zone_bytes", {{"zone", r.zone}, {"state", "free"}}, r.bytes_free);
+    }
+
+    // Every code of every zone, zeros included: a series exists before its
+    // first increment, so rate() and increase() see that one too.
+    e.family("api_key_zone_requests_total", "counter",
+             "Requests by outcome (code: accepted or the error code), including those without "
+             "a known key.");
+    for (const ZoneReport &r : zones) {
+        if (!has_usage(r)) continue;
+        const UsageTotals &t = r.usage->totals();
+        std::uint64_t totals[kOutcomeCount];
+        for (std::size_t o = 0; o < kOutcomeCount; o++) totals[o] = load_relaxed(&t.count[o]);
+        for (const CodeCount &c : by_code(totals, true)) {
+            e.sample("api_key_zone_requests_total", {{"zone", r.zone}, {"code", c.code}}, c.n);
+        }
+    }
+    e.family("api_key_zone_untracked_requests_total", "counter",
+             "Requests of keys that found no free usage slot (counted in the zone totals only).");
+    for (const ZoneReport &r : zones) {
+        if (!has_usage(r)) continue;
+        e.sample("api_key_zone_untracked_requests_total", {{"zone", r.zone}},
+                 load_relaxed(&r.usage->totals().untracked));
+    }
+
+    if (options.keys.mode != KeySeries::Mode::off) {
+        std::vector<std::vector<const UsageSlot *>> selected;
+        selected.reserve(zones.size());
+        for (const ZoneReport &r : zones) {
+            selected.push_back(has_usage(r) ? select_keys(*r.usage, options.keys)
+                                            : std::vector<const UsageSlot *>{});
+        }
+        e.family("api_key_requests_total", "counter",
+                 "Requests per key by outcome (the keys api_key_status keys= selects among "
+                 "those used since the zone was created).");
+        for (std::size_t z = 0; z < zones.size(); z++) {
+            for (const UsageSlot *s : selected[z]) {
+                std::uint64_t count[kOutcomeCount];
+                snapshot(*s, count);
+                const std::string_view id(s->id, s->id_len);
+                for (const CodeCount &c : by_code(count)) {
+                    e.sample("api_key_requests_total",
+                             {{"zone", zones[z].zone}, {"key_id", id}, {"code", c.code}}, c.n);
+                }
+            }
+        }
+        e.family("api_key_last_used_timestamp_seconds", "gauge",
+                 "When each key (of api_key_requests_total) was last used.");
+        for (std::size_t z = 0; z < zones.size(); z++) {
+            for (const UsageSlot *s : selected[z]) {
+                e.sample("api_key_last_used_timestamp_seconds",
+                         {{"zone", zones[z].zone}, {"key_id", std::string_view(s->id, s->id_len)}},
+                         static_cast<std::uint64_t>(
+                             std::max<std::int64_t>(load_relaxed(&s->last_used), 0)));
+            }
+        }
+    }
+
+    if (!limit_zones.empty()) {
+        e.family("api_key_limit_zone_counters", "gauge",
+                 "Rate-limit counters the limit zone can hold.");
+        for (const LimitZoneReport &l : limit_zones) {
+            e.sample("api_key_limit_zone_counters", {{"zone", l.zone}}, l.counters);
+        }
+    }
+
+    bool any_follows = false;
+    for (const ZoneReport &r : zones) any_follows |= r.follows;
+    bool any_synced = false;
+    for (const LimitZoneReport &l : limit_zones) any_synced |= l.synced;
+    if (!any_synced && !any_follows) return out;
+    // One family for both kinds of zone (their names never collide: nginx's
+    // shared zones have one namespace): a key zone is ok or stale, a limit
+    // zone ok or degraded.
+    e.family("api_key_sync_state", "gauge", "Cluster sync state of a zone (1 for the current).");
+    for (const ZoneReport &r : zones) {
+        if (!r.follows) continue;
+        e.sample("api_key_sync_state", {{"zone", r.zone}, {"state", "ok"}}, r.stale ? "0" : "1");
+        e.sample("api_key_sync_state", {{"zone", r.zone}, {"state", "stale"}}, r.stale ? "1" : "0");
+    }
     for (const LimitZoneReport &l : limit_zones) {
         if (!l.synced) continue;
-        out += "api_key_sync_nodes{";
-        label(out, "zone", l.zone);
-        out += "} " + std::to_string(l.nodes_seen) + '\n';
+        e.sample("api_key_sync_state", {{"zone", l.zone}, {"state", "ok"}}, l.degraded ? "0" : "1");
+        e.sample("api_key_sync_state", {{"zone", l.zone}, {"state", "degraded"}},
+                 l.degraded ? "1" : "0");
     }
+    if (any_follows) channel_metrics(e, zones, options);
+    if (any_synced) limit_sync_metrics(e, limit_zones, options);
     return out;
 }
 

@@ -51,11 +51,43 @@ struct LimitZoneReport {
     std::uint64_t nodes_seen = 0;  // nodes that synced the zone through its Redis lately
 };
 
-// Both list only keys that were used since the zone was created; they may
-// throw std::bad_alloc (the caller answers 500).
+// Which keys get series of their own in the Prometheus text (keys= of
+// api_key_status). Zone totals are always there; per-key series multiply
+// with the keys in use, so the default is bounded: the 100 busiest keys of
+// each key zone.
+struct KeySeries {
+    enum class Mode : std::uint8_t { off, all, top };
+    static constexpr std::uint32_t kDefaultTop = 100;
+    static constexpr std::uint32_t kMaxTop = 10000;
+    Mode mode = Mode::top;
+    std::uint32_t top = kDefaultTop;  // with Mode::top: 1 .. kMaxTop
+};
+
+// The value of keys=: "off", "all" or "top=N" (1 <= N <= KeySeries::kMaxTop).
+// False, and out untouched, when it is none of them.
+bool parse_key_series(std::string_view value, KeySeries &out) noexcept;
+
+struct PrometheusOptions {
+    KeySeries keys;
+    std::string_view nginx;  // label nginx of api_key_build_info (NGINX_VERSION)
+    // Wall clock (unix ms) at the time of the report: turns the reports'
+    // "ms ago" fields into *_timestamp_seconds. 0: those series are left out.
+    std::int64_t now_unix_ms = 0;
+};
+
+// The keys of one zone with series under `keys`: every used slot (all), none
+// (off) or the `top` with the most requests (accepted and refused) since the
+// zone was created, ties to the smaller key id; busiest first for top, slot
+// order for all. O(slots log top) time, O(top) memory for top.
+std::vector<const UsageSlot *> select_keys(const UsageTable &usage, const KeySeries &keys);
+
+// status_json lists every key used since the zone was created (keys= does
+// not apply: it is no time series database's cardinality). Both may throw
+// std::bad_alloc (the caller answers 500).
 std::string status_json(const std::vector<ZoneReport> &zones,
                         const std::vector<LimitZoneReport> &limit_zones = {});
 std::string status_prometheus(const std::vector<ZoneReport> &zones,
-                              const std::vector<LimitZoneReport> &limit_zones = {});
+                              const std::vector<LimitZoneReport> &limit_zones = {},
+                              const PrometheusOptions &options = {});
 
 }  // namespace apikey

@@ -57,6 +57,17 @@ void TableBuilder::add_key(const KeySpec &spec) {
     r.expires_at = spec.expires_at;
     r.revoked_at = spec.revoked_at;
     r.id = store(spec.id);
+    // allowed_ips right after the id (KeyTable::networks); the reader has
+    // refused empty lists, duplicates and more than kMaxAllowedIps.
+    if (spec.allowed_ips.size() > kMaxAllowedIps) {
+        throw KeyFileError(spec.line, "more than " + std::to_string(kMaxAllowedIps) +
+                                          " networks in \"allowed_ips\"");
+    }
+    r.networks = static_cast<std::uint8_t>(spec.allowed_ips.size());
+    if (r.networks != 0) {
+        store(std::string_view(reinterpret_cast<const char *>(spec.allowed_ips.data()),
+                               spec.allowed_ips.size() * sizeof(IpNetwork)));
+    }
     r.owner = {intern(spec.owner), static_cast<std::uint32_t>(spec.owner.size())};
     r.organization = spec.organization.empty()
                          ? StrRef{0, 0}
@@ -84,7 +95,7 @@ void TableBuilder::add_key(const KeySpec &spec) {
                 throw KeyFileError(spec.line, "too many distinct plans in the file (at most " +
                                                   std::to_string(kMaxPlans) + ")");
             }
-            it = plan_ids_.emplace(spec.plan, static_cast<std::uint16_t>(plan_names_.size())).first;
+            it = plan_ids_.emplace(spec.plan, static_cast<std::uint8_t>(plan_names_.size())).first;
             plan_names_.push_back(store(spec.plan));
         }
         r.plan = it->second;

@@ -34,6 +34,7 @@ struct KeySpec {
     std::string plan;
     std::vector<std::string> scopes;
     std::vector<std::pair<std::string, Rate>> limits;
+    std::vector<IpNetwork> allowed_ips;  // empty: any address
     std::int64_t created_at = kUnknownTime;
     std::int64_t expires_at = kNever;
     std::int64_t revoked_at = kNever;
@@ -72,7 +73,7 @@ private:
     std::vector<StrRef> scope_names_;
     std::vector<StrRef> plan_names_;
     std::unordered_map<std::string, std::uint32_t> scope_bits_;
-    std::unordered_map<std::string, std::uint16_t> plan_ids_;
+    std::unordered_map<std::string, std::uint8_t> plan_ids_;
     std::unordered_map<std::string, StrRef> interned_;
     std::string strings_;
 };

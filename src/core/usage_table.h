@@ -23,7 +23,7 @@ struct UsageSlot {
     char id[kMaxTrackedId];
     std::int64_t last_used;              // unix seconds
     std::uint64_t count[kOutcomeCount];  // by Outcome; accepted and rate_limited included
-    std::uint64_t reserved[2];
+    std::uint64_t reserved[1];
 };
 static_assert(std::is_trivially_copyable_v<UsageSlot>);
 static_assert(sizeof(UsageSlot) == 256);
