@@ -211,6 +211,62 @@ void apply_read(KeyZone &zone, const apikey::ChannelFollowResult &got) {
     if (got.version && take_version(zone, *got.version)) install_pending(zone);
 }
 
+// "ms-seq" stream ids compared as the pairs of numbers they are.
+bool parse_stream_id(std::string_view id, std::uint64_t &ms, std::uint64_t &seq) noexcept {
+    const size_t dash = id.find('-');
+    if (dash == std::string_view::npos) return false;
+    auto number = [](std::string_view s, std::uint64_t &out) {
+        if (s.empty() || s.size() > 20) return false;
+        out = 0;
+        for (char c : s) {
+            if (c < '0' || c > '9') return false;
+            out = out * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        return true;
+    };
+    return number(id.substr(0, dash), ms) && number(id.substr(dash + 1), seq);
+}
+
+bool stream_id_after(std::string_view a, std::string_view b) noexcept {
+    std::uint64_t am, as, bm, bs;
+    if (!parse_stream_id(a, am, as) || !parse_stream_id(b, bm, bs)) return false;
+    return am > bm || (am == bm && as > bs);
+}
+
+// A node back after an outage may have been away for longer than the stream
+// keeps (about 10,000 entries): entries after its position that were
+// trimmed before it read them are lost to it. Redis trims the oldest first,
+// so if the entry at the node's position is gone while newer ones were
+// added, the ones right after it are (but at the very edge of a trim) gone
+// too. Said once; Redis 7 does not count trimmed entries itself
+// (max-deleted-entry-id follows XDEL only).
+void check_gap(KeyZone &zone, apikey::RedisLink &link) {
+    apikey::ChannelState *cs = zone.channel_state;
+    const std::string position = cs->last_id;
+    if (position == "0-0") return;  // a new start: what it applied before is on disk
+    const std::string stream = apikey::channel_stream_key(zone.redis->prefix, zone.channel);
+    const apikey::RedisResult at = link.command({"XRANGE", stream, position, position});
+    if (!at.ok || at.reply.type != apikey::RedisReply::Type::array || !at.reply.elements.empty()) {
+        return;  // still there (or no answer): nothing was lost
+    }
+    const apikey::RedisResult info = link.command({"XINFO", "STREAM", stream});
+    // No stream at all (Redis lost its data, or it was deleted): gone too.
+    bool newer = info.ok && info.reply.type == apikey::RedisReply::Type::error;
+    if (info.ok && info.reply.type == apikey::RedisReply::Type::array) {
+        const std::vector<apikey::RedisReply> &f = info.reply.elements;
+        for (size_t i = 0; i + 1 < f.size(); i += 2) {
+            if (f[i].str == "last-generated-id") {
+                newer = stream_id_after(f[i + 1].str, position);
+            }
+        }
+    }
+    if (newer) {
+        set_message(cs, "entries of channel \"" + zone.channel +
+                            "\" were trimmed before this node read them: revocations in them "
+                            "take effect with the next published version; publish the key file");
+    }
+}
+
 }  // namespace
 
 // sync=, channel=, verify=, stale= were parsed into the zone; checks them and
@@ -329,10 +385,15 @@ void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected)
     if (cs == nullptr || !apikey::owner_try_lock(&cs->owner, self_identity)) return;
     try {
         install_pending(zone);
+        if (!connected) zone.check_gap = true;
         apikey::ChannelFollowConfig config;
         config.prefix = zone.redis->prefix;
         config.channel = zone.channel;
         config.verify = zone.verify.get();
+        if (connected && zone.check_gap) {
+            check_gap(zone, link);
+            zone.check_gap = false;
+        }
         for (int reads = 0; connected && zone.pending_version == 0 && reads < kMaxReadsPerTick;
              reads++) {
             const apikey::ChannelFollowResult got = apikey::follow_channel(
@@ -341,6 +402,7 @@ void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected)
                 // Once per outage: the stale state says how long it lasts.
                 if (!zone.read_failing) set_message(cs, "reading the channel failed: " + got.error);
                 zone.read_failing = true;
+                zone.check_gap = true;
                 break;
             }
             zone.read_failing = false;

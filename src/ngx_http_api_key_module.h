@@ -114,6 +114,7 @@ struct KeyZone {
     apikey::TableImage pending_image;
     std::uint64_t pending_version = 0;
     bool read_failing = false;
+    bool check_gap = true;  // after a start or an outage: were entries trimmed meanwhile?
     // Worker 0's timer: what it logged last.
     struct {
         bool stale;

@@ -360,6 +360,20 @@ class CutOffTest(ChannelCase):
         self.assertEqual(log.count("stale; serving the last key table"), 1, log[-2000:])
         self.assertEqual(log.count("reading the channel failed"), 1, log[-2000:])
 
+    def test_entries_trimmed_while_cut_off_are_reported(self):
+        node = self.nodes[0]
+        wait_until(lambda: self.channel_status(node).get("state") == "ok", 5)
+        self.assertEqual(self.revoke("k8")[0], 0)
+        self.wait_code(node, self.keys["k8"], "revoked_api_key")
+        self.proxy.cut()
+        self.assertEqual(self.revoke("k9")[0], 0)
+        self.redis.command("XTRIM", "akm:k:{prod}:log", "MAXLEN", "0")
+        self.proxy.restore()
+        wait_until(lambda: "were trimmed before this node read them" in node.error_log(), 5,
+                   what="the gap reported")
+        # A node that never lost its place reports nothing.
+        self.assertNotIn("were trimmed", self.nodes[1].error_log())
+
 
 class SignedChannelTest(ChannelCase):
     """verify=: only entries signed with the publisher's key change anything."""
