@@ -33,12 +33,6 @@ namespace ngx_api_key {
 
 namespace {
 
-std::int64_t monotonic_ms() noexcept {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
 bool valid_channel_name(std::string_view s) noexcept {
     if (s.empty() || s.size() > 64) return false;
     for (char c : s) {

@@ -798,28 +798,25 @@ bool is_carrier_variable(const ApiKeyMainConf *amcf, const ngx_str_t &variable) 
 }
 
 // sync=NAME names an api_key_redis (declared anywhere in http{}).
+RedisConf *find_redis(ngx_conf_t *cf, const ngx_str_t &name) noexcept {
+    for (RedisConf *r : items<RedisConf *>(&main_conf(cf)->redis)) {
+        if (to_view(r->name) == to_view(name)) return r;
+    }
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_redis \"%V\"", &name);
+    return nullptr;
+}
+
 ngx_int_t resolve_sync(ngx_conf_t *cf) noexcept {
-    ApiKeyMainConf *amcf = main_conf(cf);
     ngx_int_t rc = NGX_OK;
     for_each_key_zone(cf->cycle, [&](KeyZone &zone) {
         if (zone.redis_name.len == 0) return;
-        for (RedisConf *r : items<RedisConf *>(&amcf->redis)) {
-            if (to_view(r->name) == to_view(zone.redis_name)) zone.redis = r;
-        }
-        if (zone.redis == nullptr) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_redis \"%V\"",
-                               &zone.redis_name);
-            rc = NGX_ERROR;
-        }
+        zone.redis = find_redis(cf, zone.redis_name);
+        if (zone.redis == nullptr) rc = NGX_ERROR;
     });
     for_each_limit_zone(cf->cycle, [&](LimitZone &zone) {
         if (zone.redis_name.len == 0) return;
-        for (RedisConf *r : items<RedisConf *>(&amcf->redis)) {
-            if (to_view(r->name) == to_view(zone.redis_name)) zone.redis = r;
-        }
+        zone.redis = find_redis(cf, zone.redis_name);
         if (zone.redis == nullptr) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown api_key_redis \"%V\"",
-                               &zone.redis_name);
             rc = NGX_ERROR;
             return;
         }

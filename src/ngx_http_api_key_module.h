@@ -220,6 +220,8 @@ ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
 // runs the sync thread; every worker stops it at exit.
 void start_sync(ngx_cycle_t *cycle) noexcept;
 void stop_sync(ngx_cycle_t *cycle) noexcept;
+// Threads' clock in ms: CLOCK_MONOTONIC, the clock of ngx_current_msec.
+std::int64_t monotonic_ms() noexcept;
 
 // Key channels (ngx_http_api_key_channel.cpp): configuration, zone set-up,
 // the sync thread's tick for one key zone and the worker's log of it.

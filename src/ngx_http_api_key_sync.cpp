@@ -31,14 +31,14 @@
 
 namespace ngx_api_key {
 
-namespace {
-
 std::int64_t monotonic_ms() noexcept {
     // The clock of ngx_current_msec, which the request path uses.
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
+
+namespace {
 
 std::uint64_t random64() noexcept {
     std::uint64_t v = 0;
