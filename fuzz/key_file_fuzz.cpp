@@ -117,19 +117,20 @@ void check_table(const Sink &sink, const KeyTable &table) {
         require(table.text(r->owner) == spec.owner, "owner differs:", spec.id);
         require(table.text(r->organization) == spec.organization, "organization differs:", spec.id);
         require(table.plan_name(r->plan) == spec.plan, "plan differs:", spec.id);
-        require(r->created_at == spec.created_at && r->expires_at == spec.expires_at &&
-                    r->revoked_at == spec.revoked_at,
+        require(r->created_at() == spec.created_at && r->expires_at() == spec.expires_at &&
+                    r->revoked_at() == spec.revoked_at,
                 "times differ:", spec.id);
 
         std::set<std::string> want(spec.scopes.begin(), spec.scopes.end());
         std::set<std::string> got;
         for (std::uint32_t bit = 0; bit < table.scope_count(); bit++) {
-            if (r->scopes.test(bit)) got.insert(std::string(table.scope_name(bit)));
+            if (table.scopes(*r).test(bit)) got.insert(std::string(table.scope_name(bit)));
         }
         require(got == want, "scopes differ:", spec.id);
         for (const std::string &s : spec.scopes) {
             const int bit = table.find_scope(s);
-            require(bit >= 0 && r->scopes.test(static_cast<unsigned>(bit)), "find_scope:", s);
+            require(bit >= 0 && table.scopes(*r).test(static_cast<unsigned>(bit)),
+                    "find_scope:", s);
         }
         if (!spec.plan.empty()) {
             require(table.find_plan(spec.plan) == r->plan, "find_plan:", spec.plan);

@@ -83,7 +83,7 @@ void retain_overlay(KeyZone &zone, const apikey::KeyTable &table,
     for (std::uint32_t i = 0; i < table.key_count(); i++) {
         const apikey::KeyRecord &record = table.record(i);
         const std::string_view id = table.text(record.id);
-        if (wanted.count(id) != 0 && record.revoked_at == apikey::kNever) accepted.insert(id);
+        if (wanted.count(id) != 0 && record.revoked_at() == apikey::kNever) accepted.insert(id);
     }
     overlay.retain([&](std::string_view id, std::int64_t) { return accepted.count(id) != 0; });
     save_revocations(zone, overlay);

@@ -224,12 +224,17 @@ char *api_key_zone(ngx_conf_t *cf, ngx_command_t *, void *) noexcept {
                                                apikey::channel_overlay_capacity(size)) +
                                                ngx_pagesize;
         if (size < sizing.needed(zone->image.size(), zone->usage_capacity) + channel_bytes) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk "
-                               "(room for two tables, for reloads and check=)",
-                               &name, &file,
-                               static_cast<ngx_uint_t>(zone->image.table().key_count()),
-                               smallest_key_zone(*zone, sizing) / 1024 + 1);
+            // How the need is counted: the table in force plus room for the
+            // next one, and the usage counters that zone size implies.
+            const size_t smallest = smallest_key_zone(*zone, sizing);
+            ngx_conf_log_error(
+                NGX_LOG_EMERG, cf, 0,
+                "zone \"%V\" is too small for \"%V\": %ui keys need at least %uzk (the table in "
+                "force and room for the next one, for reloads and check=: %uzk each; usage "
+                "counters: %uzk)",
+                &name, &file, static_cast<ngx_uint_t>(zone->image.table().key_count()),
+                smallest / 1024 + 1, zone->image.size() / 1024 + 1,
+                apikey::UsageTable::bytes_for(apikey::usage_capacity_for(smallest)) / 1024 + 1);
             return conf_error();
         }
         ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);

@@ -104,6 +104,7 @@ struct RequestCtx {
     bool counted;  // in the zone's usage counters, once per request
     Outcome outcome;
     KeyFacts facts;
+    u_char *facts_room;  // kFactsRoom bytes for the first decision's facts, null once used
     LimitReport limit;
 
     size_t spent_count;
@@ -134,14 +135,45 @@ RequestCtx *find_ctx(ngx_http_request_t *r) noexcept {
     return ctx;
 }
 
+// From the request pool's newest block when it has room, else as
+// ngx_palloc. nginx allocates first fit from the pool's current block on,
+// so what the module took from an older block's last bytes would send
+// nginx's own small allocations later in the request (chain links,
+// buffers) on to the next block, every one of them a longer walk.
+void *alloc_late(ngx_pool_t *pool, size_t size) noexcept {
+    ngx_pool_t *newest = pool->current;
+    while (newest->d.next != nullptr) newest = newest->d.next;
+    u_char *m = ngx_align_ptr(newest->d.last, NGX_ALIGNMENT);
+    if (newest != pool->current && size <= pool->max &&
+        static_cast<size_t>(newest->d.end - m) >= size) {
+        newest->d.last = m + size;
+        return m;
+    }
+    return ngx_palloc(pool, size);
+}
+
+// Room for the facts of a request's first decision: most keys' id, owner,
+// organization, plan and scopes fit.
+constexpr size_t kFactsRoom = 160;
+
+// The context, the pool cleanup entry that finds it and the room for the
+// first facts, in one allocation.
+struct CtxBlock {
+    ngx_pool_cleanup_t cleanup;
+    RequestCtx ctx;
+    u_char facts_room[kFactsRoom];
+};
+static_assert(std::is_trivially_destructible_v<CtxBlock>);
+
 RequestCtx *main_ctx(ngx_http_request_t *r) noexcept {
     RequestCtx *ctx = find_ctx(r);
     if (ctx != nullptr) return ctx;
-    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->main->pool, sizeof(RequestCtx));
-    if (cln == nullptr) return nullptr;
+    ngx_pool_t *pool = r->main->pool;
+    auto *block = static_cast<CtxBlock *>(alloc_late(pool, sizeof(CtxBlock)));
+    if (block == nullptr) return nullptr;
     // Not value-initialised: zeroing the spent-budget array on every
     // request would cost more than the rest of this function.
-    ctx = new (cln->data) RequestCtx;
+    ctx = new (&block->ctx) RequestCtx;
     ctx->headers_saved = false;
     ctx->key_data = nullptr;
     ctx->key_len = 0;
@@ -152,7 +184,13 @@ RequestCtx *main_ctx(ngx_http_request_t *r) noexcept {
     ctx->counted = false;
     ctx->spent_count = 0;
     ctx->spent = nullptr;
+    ctx->facts_room = block->facts_room;
+    // What ngx_pool_cleanup_add does, without its second allocation.
+    ngx_pool_cleanup_t *cln = &block->cleanup;
     cln->handler = ctx_marker;
+    cln->data = ctx;
+    cln->next = pool->cleanup;
+    pool->cleanup = cln;
     ngx_http_set_ctx(r->main, ctx, ngx_http_api_key_module);
     request_ids.next(ctx->request_id);
     return ctx;
@@ -219,7 +257,24 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
     if (key.data() == ctx->key_data && key.size() == ctx->key_len && zone == ctx->identified_in) {
         return ctx->presented;
     }
-    const apikey::Identity id = apikey::identify_key(table, key, &key_digests);
+    apikey::Identity id;
+    apikey::MemoNote *note = nullptr;
+    if (key.size() <= apikey::kMaxKeyLength && key_digests.find(key, id.digest, note)) {
+        // What identify_key does with the memo (a remembered key passed the
+        // syntax check), and the environment as the memo noted it when it
+        // was read from this very table: a table never changes once built.
+        const std::uint64_t build = table.build_id();
+        id.from_memo = true;
+        if (build != 0 && note->table == build) {
+            id.environment = static_cast<apikey::Environment>(note->value);
+            id.outcome = Outcome::accepted;
+        } else if (table.environment_of(key, id.environment)) {
+            id.outcome = Outcome::accepted;
+            *note = {build, static_cast<std::uint8_t>(id.environment)};
+        }
+    } else {
+        id = apikey::identify_key(table, key);  // syntax, prefix, SHA-256
+    }
     ctx->presented = id.outcome;
     ctx->environment = id.environment;
     ctx->digest = id.digest;
@@ -271,6 +326,9 @@ void refund_from(RequestCtx *ctx, size_t first) noexcept {
     ctx->spent_count = first;
 }
 
+// Budget ids of the keys this worker has seen (core/limit_plan.h).
+apikey::BudgetIdMemo budget_ids;
+
 // The location's budgets for this request (core/limit_plan.h); a budget
 // this request already spent in an earlier location or subrequest is not
 // spent again.
@@ -281,8 +339,8 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
                                                                method_of(r));
     const apikey::LimitPlan plan(static_cast<const apikey::ConfiguredLimit *>(lcf->limits->elts),
                                  lcf->limits->nelts, category, table, record,
-                                 static_cast<apikey::LimitBy>(lcf->limit_by),
-                                 key_zone->budget_salt);
+                                 static_cast<apikey::LimitBy>(lcf->limit_by), key_zone->budget_salt,
+                                 &budget_ids);
     const bool commit = !lcf->dry_run;
     const size_t spent_before = r == r->main ? 0 : ctx->spent_count;
     const bool ietf = (lcf->limit_headers & kLimitHeadersIetf) != 0;
@@ -314,8 +372,9 @@ Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx
             const apikey::WindowLimit window{b.rate.count, b.rate.period_seconds * 1000};
             spent->zone = zone;
             spent->id = b.id;
-            spent->result = zone->table.consume(
-                b.id, window, static_cast<std::int64_t>(ngx_current_msec), commit, self_identity);
+            // Constructed in place from the returned value (no copy).
+            ::new (static_cast<void *>(&spent->result)) apikey::CounterResult(zone->table.consume(
+                b.id, window, static_cast<std::int64_t>(ngx_current_msec), commit, self_identity));
             spent->committed = commit && spent->result.decision.allowed;
             if (spent->result.evicted_active) warn_zone_full(r, zone);
         }
@@ -349,9 +408,10 @@ bool copy_facts(ngx_http_request_t *r, const apikey::KeyTable &table,
     const std::string_view owner = table.text(record.owner);
     const std::string_view organization = table.text(record.organization);
     const std::string_view plan = table.plan_name(record.plan);
+    const apikey::ScopeSet &scopes = table.scopes(record);
     size_t scopes_len = 0;
     for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
-        if (record.scopes.test(bit)) scopes_len += table.scope_name(bit).size() + 1;
+        if (scopes.test(bit)) scopes_len += table.scope_name(bit).size() + 1;
     }
     auto *p = static_cast<u_char *>(ngx_pnalloc(
         r->pool, id.size() + owner.size() + organization.size() + plan.size() + scopes_len + 1));
@@ -367,11 +427,97 @@ bool copy_facts(ngx_http_request_t *r, const apikey::KeyTable &table,
     facts.plan = put(plan);
     facts.scopes = {0, p};
     for (uint32_t bit = 0; bit < table.scope_count(); bit++) {
-        if (!record.scopes.test(bit)) continue;
+        if (!scopes.test(bit)) continue;
         if (p != facts.scopes.data) *p++ = ' ';
         p = ngx_cpymem(p, table.scope_name(bit).data(), table.scope_name(bit).size());
     }
     facts.scopes.len = static_cast<size_t>(p - facts.scopes.data);
+    return true;
+}
+
+// Per worker: the facts of the keys decided last, as copy_facts wrote them,
+// by table (its build id) and record. A table never changes once built, so
+// a hit is what copying would give, in one allocation and one copy instead
+// of a walk over the table's strings and scopes. Each request still gets its
+// own copy in its pool: an entry may go to another key while it runs.
+class FactsMemo {
+public:
+    static constexpr size_t kEntries = 256;
+    static constexpr size_t kMaxBytes = 216;  // longer facts are copied every time
+
+    // alloc(n): where the n bytes go.
+    template <typename Alloc>
+    bool find(const apikey::KeyTable &table, const apikey::KeyRecord &record, Alloc &&alloc,
+              KeyFacts &facts) noexcept {
+        const Entry &e = entry(record);
+        if (e.record != &record || e.build != table.build_id() || e.build == 0) return false;
+        u_char *p = alloc(e.total);
+        if (p == nullptr) return false;
+        std::memcpy(p, e.bytes, e.total);
+        facts.id = {e.len[0], p};
+        p += e.len[0];
+        facts.owner = {e.len[1], p};
+        p += e.len[1];
+        facts.organization = {e.len[2], p};
+        p += e.len[2];
+        facts.plan = {e.len[3], p};
+        facts.scopes = {e.len[4], p + e.len[3]};
+        return true;
+    }
+
+    void remember(const apikey::KeyTable &table, const apikey::KeyRecord &record,
+                  const KeyFacts &facts) noexcept {
+        const ngx_str_t *in[] = {&facts.id, &facts.owner, &facts.organization, &facts.plan,
+                                 &facts.scopes};
+        size_t total = 0;
+        for (const ngx_str_t *f : in) total += f->len;
+        Entry &e = entry(record);
+        if (total > kMaxBytes || table.build_id() == 0) return;
+        u_char *p = e.bytes;
+        for (size_t i = 0; i < 5; i++) {
+            e.len[i] = static_cast<std::uint16_t>(in[i]->len);
+            if (in[i]->len != 0) p = ngx_cpymem(p, in[i]->data, in[i]->len);
+        }
+        e.total = static_cast<std::uint16_t>(total);
+        e.build = table.build_id();
+        e.record = &record;
+    }
+
+private:
+    struct Entry {
+        std::uint64_t build;
+        const apikey::KeyRecord *record;  // null: empty
+        std::uint16_t len[5];             // id, owner, organization, plan, scopes
+        std::uint16_t total;
+        u_char bytes[kMaxBytes];
+    };
+
+    Entry &entry(const apikey::KeyRecord &record) noexcept {
+        const auto address = reinterpret_cast<std::uintptr_t>(&record);
+        static_assert(kEntries == 256, "the top 8 bits of the product pick the entry");
+        return entries_[(address * 0x9e3779b97f4a7c15ull) >> 56];
+    }
+
+    Entry entries_[kEntries] = {};
+};
+
+FactsMemo facts_memo;
+
+// The key's facts for the request: from the memo, or copied out of the
+// table (and remembered).
+bool request_facts(ngx_http_request_t *r, RequestCtx *ctx, const apikey::KeyTable &table,
+                   const apikey::KeyRecord &record, KeyFacts &facts) noexcept {
+    // The room in the context serves the first decision only: a variable
+    // of an earlier one may still point at what it holds.
+    auto alloc = [r, ctx](size_t n) {
+        if (ctx->facts_room != nullptr && n <= kFactsRoom) {
+            return std::exchange(ctx->facts_room, nullptr);
+        }
+        return static_cast<u_char *>(alloc_late(r->pool, n));
+    };
+    if (facts_memo.find(table, record, alloc, facts)) return true;
+    if (!copy_facts(r, table, record, facts)) return false;
+    facts_memo.remember(table, record, facts);
     return true;
 }
 
@@ -467,7 +613,10 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     }
     // Only keys the table knows are remembered: random keys cannot push
     // real ones out of the memo.
-    if (verdict.record != nullptr && remember) key_digests.remember(keys.key(), ctx->digest);
+    if (verdict.record != nullptr && remember) {
+        key_digests.remember(keys.key(), ctx->digest,
+                             {table.build_id(), static_cast<std::uint8_t>(ctx->environment)});
+    }
     d.outcome = verdict.outcome;
     d.missing_scope = verdict.missing_scope;
     if (d.outcome == Outcome::accepted && lcf->limits != nullptr) {
@@ -486,8 +635,10 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
         ctx->decided_by_main = is_main;
         ctx->dry_run = lcf->dry_run;
         ctx->outcome = d.outcome;
-        ctx->facts = KeyFacts{};
-        if (verdict.record != nullptr && !copy_facts(r, table, *verdict.record, ctx->facts)) {
+        if (verdict.record == nullptr) {
+            ctx->facts = KeyFacts{};
+        } else if (!request_facts(r, ctx, table, *verdict.record, ctx->facts)) {
+            ctx->facts = KeyFacts{};
             d.outcome = ctx->outcome = Outcome::internal_error;
         }
     }
@@ -599,51 +750,136 @@ ngx_int_t refuse(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestC
     return NGX_DONE;
 }
 
-bool is_carrier(const ApiKeyLocConf *lcf, bool hide_bearer, const ngx_table_elt_t &h) noexcept {
-    static const ngx_str_t authorization = ngx_string("authorization");
-    if (hide_bearer && is_header(h, authorization)) return true;
-    for (const Source &s : items<Source>(lcf->sources)) {
-        if (s.header.len != 0 && is_header(h, s.header)) return true;
+// The headers that carry a key in a location: Authorization for bearer,
+// and every header= source.
+class CarrierTest {
+public:
+    explicit CarrierTest(const ApiKeyLocConf *lcf) noexcept
+        : sources_(items<Source>(lcf->sources)) {
+        for (const Source &s : sources_) {
+            bearer_ |= s.header.len == 0;
+            named_ |= s.header.len != 0;
+        }
     }
-    return false;
-}
+    bool bearer() const noexcept { return bearer_; }
+
+    bool operator()(const ngx_table_elt_t &h) const noexcept {
+        if (bearer_ && h.key.len == 13 && std::memcmp(h.lowcase_key, "authorization", 13) == 0) {
+            return true;
+        }
+        if (named_) {
+            for (const Source &s : sources_) {
+                if (s.header.len != 0 && is_header(h, s.header)) return true;
+            }
+        }
+        return false;
+    }
+
+private:
+    Items<Source> sources_;
+    bool bearer_ = false;
+    bool named_ = false;
+};
 
 // The proxy module forwards every element of the request's header list, so
-// the carrier has to leave the list itself. The list is rebuilt rather than
-// edited in place: other fields of headers_in point at its elements, and
-// they must stay valid. The client's list is kept for later locations.
-bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
-    bool hide_bearer = false;
-    for (const Source &s : items<Source>(lcf->sources)) hide_bearer |= s.header.len == 0;
+// the carrier has to leave the list itself. No element moves and none is
+// copied (other fields of headers_in point at the elements): the list's
+// parts are rebuilt as runs of the elements that stay, in the list's own
+// first part and in new part headers from the pool. Parts of the old chain
+// are never changed, so the client's list, saved by value before the first
+// hiding, still reads every header as sent; and the new last part is full
+// (nalloc), so a module that adds a header later (e.g. ngx.req.set_header)
+// gets a part of its own instead of writing over a hidden element.
+bool unlink_carriers(ngx_list_t &list, ngx_pool_t *pool, ngx_uint_t first_part,
+                     ngx_uint_t first_index, const CarrierTest &is_carrier) noexcept {
+    const ngx_list_t old = list;  // list.part is rewritten below
+    ngx_list_part_t *tail = nullptr;
+    auto emit = [&](ngx_table_elt_t *elts, ngx_uint_t n) {
+        ngx_list_part_t *p = &list.part;
+        if (tail != nullptr) {
+            p = static_cast<ngx_list_part_t *>(ngx_palloc(pool, sizeof(ngx_list_part_t)));
+            if (p == nullptr) return false;
+            tail->next = p;
+        }
+        p->elts = elts;
+        p->nelts = n;
+        p->next = nullptr;
+        tail = p;
+        return true;
+    };
+    auto runs = [&] {
+        ngx_uint_t ordinal = 0;
+        for (const ngx_list_part_t *part = &old.part; part; part = part->next, ordinal++) {
+            auto *h = static_cast<ngx_table_elt_t *>(part->elts);
+            ngx_uint_t run = 0;
+            // Before the first carrier (first_part, first_index) nothing is one.
+            const ngx_uint_t from = ordinal < first_part    ? part->nelts
+                                    : ordinal == first_part ? first_index
+                                                            : 0;
+            for (ngx_uint_t i = from; i < part->nelts; i++) {
+                if ((ordinal == first_part && i == first_index) || is_carrier(h[i])) {
+                    if (i > run && !emit(h + run, i - run)) return false;
+                    run = i + 1;
+                }
+            }
+            if (part->nelts > run && !emit(h + run, part->nelts - run)) return false;
+        }
+        return true;
+    };
+    if (!runs()) {
+        list = old;  // out of memory: the request is refused with the list as it was
+        return false;
+    }
+    if (tail == nullptr) {
+        // Nothing stays: an empty first part, with room of its own.
+        auto *room = static_cast<ngx_table_elt_t *>(ngx_palloc(pool, 4 * sizeof(ngx_table_elt_t)));
+        if (room == nullptr) {
+            list = old;
+            return false;
+        }
+        list.part = {room, 0, nullptr};
+        list.last = &list.part;
+        list.nalloc = 4;
+        return true;
+    }
+    list.last = tail;
+    list.nalloc = tail->nelts;
+    return true;
+}
 
-    ngx_uint_t total = 0, carriers = 0;
-    for_each_header(r->headers_in.headers, [&](const ngx_table_elt_t &h) {
-        total++;
-        if (is_carrier(lcf, hide_bearer, h)) carriers++;
-    });
-    if (carriers != 0) {
+bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx) noexcept {
+    const CarrierTest is_carrier(lcf);
+    ngx_list_t &headers = r->headers_in.headers;
+    bool found = false;
+    ngx_uint_t ordinal = 0, at = 0;
+    for (const ngx_list_part_t *part = &headers.part; part && !found; part = part->next) {
+        auto *h = static_cast<const ngx_table_elt_t *>(part->elts);
+        for (at = 0; at < part->nelts; at++) {
+            if (is_carrier(h[at])) {
+                found = true;
+                break;
+            }
+        }
+        if (!found) ordinal++;
+    }
+    if (found) {
         if (!ctx->headers_saved) {
-            ctx->client_headers = r->headers_in.headers;
+            ctx->client_headers = headers;
             ctx->client_authorization = r->headers_in.authorization;
             ctx->headers_saved = true;
         }
-        ngx_list_t kept;
-        if (ngx_list_init(&kept, r->pool, total - carriers + 1, sizeof(ngx_table_elt_t)) !=
-            NGX_OK) {
+        if (ordinal == 0 && headers.part.next == nullptr && at != 0 &&
+            at + 1 == headers.part.nelts) {
+            // The usual case, the key the last of fewer than 20 headers: what
+            // unlink_carriers would do, in place.
+            headers.part.nelts = at;
+            headers.last = &headers.part;
+            headers.nalloc = at;
+        } else if (!unlink_carriers(headers, r->pool, ordinal, at, is_carrier)) {
             return false;
         }
-        for_each_header(r->headers_in.headers, [&](const ngx_table_elt_t &h) {
-            if (!is_carrier(lcf, hide_bearer, h)) {
-                *static_cast<ngx_table_elt_t *>(ngx_list_push(&kept)) = h;
-            }
-        });
-        r->headers_in.headers = kept;
-        // The copy's `last` still points at the local list's first part; a
-        // module that adds a header later (e.g. ngx.req.set_header) must find
-        // the request's own list there.
-        r->headers_in.headers.last = &r->headers_in.headers.part;
     }
-    if (hide_bearer) r->headers_in.authorization = nullptr;
+    if (is_carrier.bearer()) r->headers_in.authorization = nullptr;
 
     // $http_x_api_key or $http_authorization evaluated before this phase (a
     // map, limit_req_zone, a log format) keep the key in their cached values.
@@ -685,21 +921,87 @@ ngx_int_t add_ietf_headers(ngx_http_request_t *r, const LimitReport &limit) noex
     return NGX_OK;
 }
 
+// The decimal digits of `value`, written backwards to end just before
+// `end`, two at a time; returns where they start.
+[[gnu::always_inline]] inline u_char *digits_before(u_char *end, std::uint32_t value) noexcept {
+    static constexpr char kPairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
+    while (value >= 100) {
+        const std::uint32_t rest = value % 100;
+        value /= 100;
+        end -= 2;
+        std::memcpy(end, kPairs + 2 * rest, 2);
+    }
+    if (value >= 10) {
+        end -= 2;
+        std::memcpy(end, kPairs + 2 * value, 2);
+    } else {
+        *--end = static_cast<u_char>('0' + value);
+    }
+    return end;
+}
+
+// The digits of the last X-RateLimit-Limit this worker sent, right-aligned:
+// a location's limit is the same from one request to the next.
+struct LimitDigits {
+    std::uint32_t value = 0;
+    std::uint32_t len = 1;
+    u_char digits[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, '0'};
+};
+LimitDigits last_limit;
+static_assert(NGX_INT64_LEN >= sizeof last_limit.digits);
+
+// X-RateLimit-Limit, -Remaining and -Reset: three list elements pushed at
+// once when the list's last part has room (ngx_list_push one at a time
+// otherwise), their digits in the request's context.
+ngx_int_t add_x_headers(ngx_http_request_t *r, RequestCtx *ctx,
+                        const apikey::WindowDecision &limit) noexcept {
+    ngx_list_t &list = r->headers_out.headers;
+    ngx_table_elt_t *h = nullptr;
+    if (list.last->nelts + 3 <= list.nalloc) {
+        h = static_cast<ngx_table_elt_t *>(list.last->elts) + list.last->nelts;
+        list.last->nelts += 3;
+    }
+    auto add = [&](size_t i, std::string_view name, std::uint32_t value) {
+        u_char *end = ctx->rate_limit_digits[i] + NGX_INT64_LEN;
+        u_char *start;
+        if (i == 0) {
+            u_char *memo_end = last_limit.digits + sizeof last_limit.digits;
+            if (value != last_limit.value) {
+                last_limit.value = value;
+                last_limit.len = static_cast<std::uint32_t>(memo_end -
+                                                            digits_before(memo_end, value));
+            }
+            std::memcpy(end - sizeof last_limit.digits, last_limit.digits,
+                        sizeof last_limit.digits);
+            start = end - last_limit.len;
+        } else {
+            start = digits_before(end, value);
+        }
+        const ngx_str_t text = {static_cast<size_t>(end - start), start};
+        if (h == nullptr) return add_header(r, name, text) != nullptr;
+        ngx_table_elt_t &e = h[i];
+        e.hash = 1;
+#if defined(nginx_version) && nginx_version >= 1023000
+        e.next = nullptr;  // one element of its name (auth_request walks the chain)
+#endif
+        e.key = literal(name);
+        e.value = text;
+        return true;
+    };
+    return add(0, "X-RateLimit-Limit", limit.limit) &&
+                   add(1, "X-RateLimit-Remaining", limit.allowed ? limit.remaining : 0) &&
+                   add(2, "X-RateLimit-Reset", limit.reset_s)
+               ? NGX_OK
+               : NGX_ERROR;
+}
+
 ngx_int_t add_rate_limit_headers(ngx_http_request_t *r, RequestCtx *ctx) noexcept {
     const LimitReport &report = ctx->limit;
-    if (report.headers & kLimitHeadersX) {
-        const apikey::WindowDecision &limit = report.decision;
-        const std::pair<std::string_view, std::uint64_t> headers[] = {
-            {"X-RateLimit-Limit", limit.limit},
-            {"X-RateLimit-Remaining", limit.allowed ? limit.remaining : 0},
-            {"X-RateLimit-Reset", limit.reset_s},
-        };
-        for (size_t i = 0; i < 3; i++) {
-            if (add_header(r, headers[i].first,
-                           decimal(ctx->rate_limit_digits[i], headers[i].second)) == nullptr) {
-                return NGX_ERROR;
-            }
-        }
+    if ((report.headers & kLimitHeadersX) && add_x_headers(r, ctx, report.decision) != NGX_OK) {
+        return NGX_ERROR;
     }
     if (report.headers & kLimitHeadersIetf) return add_ietf_headers(r, report);
     return NGX_OK;
@@ -714,10 +1016,25 @@ ngx_int_t access_handler(ngx_http_request_t *r) noexcept {
     if (lcf->zone == nullptr) return NGX_DECLINED;
     RequestCtx *ctx = main_ctx(r);
     if (ctx == nullptr) return NGX_ERROR;  // no memory even for the refusal: close
-    LimitReport unused;                    // the main request reports in its context
-    Decision d = decide(r, lcf, ctx, unused);
+    // The main request reports in its context, so decide() needs no other.
+    Decision d = decide(r, lcf, ctx, ctx->limit);
     return conclude(r, lcf, ctx, d);
 }
+
+namespace {
+
+// Out of line: every main request passes through the handler below.
+__attribute__((noinline)) ngx_int_t decide_subrequest(ngx_http_request_t *r,
+                                                      const ApiKeyLocConf *lcf) noexcept {
+    RequestCtx *ctx = main_ctx(r);
+    if (ctx == nullptr) return NGX_ERROR;
+    LimitReport own;
+    Decision d = decide(r, lcf, ctx, own);
+    const ngx_int_t rc = conclude(r, lcf, ctx, d);
+    return rc == NGX_OK ? NGX_DECLINED : rc;  // other pre-access handlers still run
+}
+
+}  // namespace
 
 // Subrequests (auth_request, SSI, mirror, ...) skip the access phase; they
 // are decided here, in pre-access, which they do run.
@@ -726,12 +1043,7 @@ ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept {
     auto *lcf = static_cast<ApiKeyLocConf *>(
         ngx_http_get_module_loc_conf(r, ngx_http_api_key_module));
     if (lcf->zone == nullptr) return NGX_DECLINED;
-    RequestCtx *ctx = main_ctx(r);
-    if (ctx == nullptr) return NGX_ERROR;
-    LimitReport own;
-    Decision d = decide(r, lcf, ctx, own);
-    const ngx_int_t rc = conclude(r, lcf, ctx, d);
-    return rc == NGX_OK ? NGX_DECLINED : rc;  // other pre-access handlers still run
+    return decide_subrequest(r, lcf);
 }
 
 ngx_int_t header_filter(ngx_http_request_t *r) noexcept {

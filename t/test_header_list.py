@@ -49,6 +49,21 @@ HTTP = """
                 ngx.say(ngx.req.get_headers()["x-added-40"] or "missing")
             }
         }
+        location /count {
+            api_key keys;
+            api_key_source bearer header=x-api-key;
+            content_by_lua_block {
+                for i = 1, 40 do ngx.req.set_header("X-Added-" .. i, "v") end
+                local h = ngx.req.get_headers(200)
+                local filler, added = 0, 0
+                for name, _ in pairs(h) do
+                    if name:sub(1, 4) == "x-f-" then filler = filler + 1 end
+                    if name:sub(1, 8) == "x-added-" then added = added + 1 end
+                end
+                ngx.say(filler, " ", added, " ",
+                        (h["x-api-key"] or h["authorization"]) and "key" or "nokey")
+            }
+        }
     }
 """
 
@@ -71,6 +86,18 @@ class HeaderListTest(NginxCase):
         self.assertEqual(r.body.strip(), b"v", "the added headers are in the request's list")
         r = request(self.nginx.port, "GET", "/", [("x-api-key", self.key)])
         self.assertEqual(r.status, 200, "the same through x-api-key")
+
+    def test_headers_added_after_hiding_in_a_long_list(self):
+        # 30 headers (two parts of nginx's list) with keys in both parts,
+        # then 40 more headers added by Lua.
+        headers = [("X-F-%d" % i, "v") for i in range(30)]
+        headers.insert(25, ("x-api-key", self.key))
+        headers.insert(5, ("Authorization", "Bearer " + self.key))
+        headers.insert(2, ("x-api-key", self.key))
+        r = request(self.nginx.port, "GET", "/count", headers)
+        self.assertEqual(r.status, 200, "a worker survives headers added after hiding")
+        self.assertEqual(r.body.strip(), b"30 40 nokey",
+                         "every other header and every added one, and no key, are in the list")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,31 @@ class LiveReloadTest(LiveCase):
         self.assertEqual(zone_status(self.nginx)["keys"], 3, "status counts the 3 keys now loaded")
 
 
+class LiveEnvironmentTest(LiveCase):
+    """check=1s at a location for live keys: a key's environment comes from
+    the prefixes of the table in force, also for a key the worker has seen
+    before (its digest, and the environment it had, are remembered)."""
+
+    HTTP = HTTP.replace("location / {\n            empty_gif;",
+                        "location / {\n            api_key_environment live;\n            empty_gif;")
+
+    def test_prefix_to_test_by_rename(self):
+        for i in range(6):  # both workers, whichever answers, see and remember the key
+            self.assertEqual(outcome(self.nginx, self.k1), (200, None),
+                             "key_one is live and accepted (#%d)" % i)
+        self.kf.prefixes = {"jfi_sk_live_": "test"}
+        t0 = self.write()
+        self.wait_outcome(self.k1, (401, "invalid_api_key"), t0,
+                          what="the prefix now names the test environment")
+        for i in range(6):
+            self.assertEqual(outcome(self.nginx, self.k1), (401, "invalid_api_key"),
+                             "every later request reads the new prefix (#%d)" % i)
+        self.kf.prefixes = {"jfi_sk_live_": "live"}
+        t0 = self.write()
+        self.wait_outcome(self.k1, (200, None), t0, what="the prefix is live again")
+        self.assertNoReload()
+
+
 class LiveReloadFailureTest(LiveCase):
     """check=250ms: broken and deleted files keep the old table; errors are
     logged once per change."""

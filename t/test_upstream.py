@@ -138,6 +138,30 @@ class UpstreamTest(NginxCase):
         leaked = [(n, v) for n, v in h if key in v]
         self.assertEqual(leaked, [], "the key reaches upstream in no header")
 
+    def test_hide_keeps_every_other_header_in_order(self):
+        # Hiding takes the carriers out of nginx's header list without moving
+        # the other headers: wherever the carriers are (first, last, at the
+        # list's 20-element part boundaries, several at once, every header),
+        # upstream gets every other header, in the client's order.
+        key = self.korg
+        for total, carriers in ((3, [0]), (3, [2]), (3, [1]), (8, [0, 3, 7]), (25, [19]),
+                                (25, [20]), (25, [18, 19, 20, 21]), (45, [0, 19, 20, 39, 44]),
+                                (45, list(range(0, 45, 2))), (4, [0, 1, 2, 3])):
+            headers, want = [], []
+            for i in range(total):
+                if i in carriers:
+                    # Authorization at most once (nginx refuses a second one).
+                    headers += bearer(key) if i == carriers[-1] else xkey(key)
+                else:
+                    headers.append(("X-F-%d" % i, "v%d" % i))
+                    want.append(("x-f-%d" % i, "v%d" % i))
+            _, h = self.upstream_headers("/both/", headers)
+            got = [(n.lower(), v) for n, v in h.pairs if n.lower().startswith("x-f-")]
+            layout = "%d headers, carriers at %s" % (total, carriers)
+            self.assertEqual(got, want, "every other header, in order (%s)" % layout)
+            leaked = [(n, v) for n, v in h.pairs if key in v]
+            self.assertEqual(leaked, [], "the key reaches upstream in no header (%s)" % layout)
+
     def test_hide_off_keeps_authorization(self):
         _, h = self.upstream_headers("/keep/", bearer(self.korg))
         self.assertEqual(h.get("Authorization"), "Bearer " + self.korg,

@@ -412,6 +412,52 @@ TEST(CounterTable, RefundTakesBackOneAndIgnoresDryRunsAndRefusals) {
 // A dry run never creates a counter: on an empty table it reports a fresh
 // budget, the memory stays byte-for-byte the same, and later real budgets
 // find every slot free (no eviction).
+// Each slot keeps its window's running sums (CounterSlot::summary, so a
+// request neither adds up nor searches the 50 buckets): through requests,
+// dry runs, refunds, a reused counter and a summary found unknown (as left
+// by a process that died while changing the window), every decision is the
+// one the window makes counting afresh, and the kept sums are the window's.
+TEST(CounterTable, TheSlotSummaryNeverChangesADecision) {
+    Zone zone(4);
+    CounterTable table = CounterTable::format(zone.memory(), zone.bytes);
+    auto *slots = reinterpret_cast<CounterSlot *>(static_cast<unsigned char *>(zone.memory()) +
+                                                  kHeaderBytes);
+    std::mt19937_64 rng(42);
+    const WindowLimit limits[] = {{40, kSecond}, {200, kMinute}, {17, kHour}};
+    for (const WindowLimit limit : limits) {
+        const std::uint64_t budget = budget_id('k', "summary", "read", limit.period_ms);
+        WindowState plain;  // the same requests, decided without a summary
+        window_reset(plain);
+        std::int64_t t = kBase;
+        std::vector<CounterResult> accepted;
+        for (int i = 0; i < 4000; i++) {
+            t += static_cast<std::int64_t>(rng() % (2 * limit.period_ms / limit.count + 1));
+            if (rng() % 200 == 0) t += limit.period_ms / 3;
+            const bool commit = rng() % 8 != 0;
+            const CounterResult r = table.consume(budget, limit, t, commit, self());
+            const WindowDecision d = window_consume(plain, limit, t, commit);
+            ASSERT_EQ(r.decision.allowed, d.allowed) << i;
+            ASSERT_EQ(r.decision.remaining, d.remaining) << i;
+            ASSERT_EQ(r.decision.reset_s, d.reset_s) << i;
+            ASSERT_EQ(r.decision.next_free_s, d.next_free_s) << i;
+            ASSERT_EQ(r.decision.retry_after_s, d.retry_after_s) << i;
+            if (commit && r.decision.allowed) accepted.push_back(r);
+            if (!accepted.empty() && rng() % 5 == 0) {
+                const std::size_t k = rng() % accepted.size();
+                table.refund(accepted[k], budget, self());
+                window_refund(plain, accepted[k].decision.counted_at_ms);
+                accepted.erase(accepted.begin() + static_cast<std::ptrdiff_t>(k));
+            }
+            if (r.slot == kNoSlot) continue;  // a dry run before the counter exists
+            ASSERT_LT(r.slot, 4u);
+            CounterSlot &slot = slots[r.slot];
+            ASSERT_EQ(std::memcmp(&slot.window, &plain, sizeof plain), 0) << i;
+            ASSERT_TRUE(window_summary_fits(slot.window, slot.summary)) << i;
+            if (rng() % 300 == 0) slot.summary = kUnknownSummary;  // a dead writer's
+        }
+    }
+}
+
 TEST(CounterTable, DryRunNeverCreatesACounter) {
     Zone zone(4);
     CounterTable table = CounterTable::format(zone.memory(), zone.bytes);

@@ -3,9 +3,13 @@
 
 #include <unistd.h>
 
+#include <cstddef>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -619,8 +623,8 @@ TEST_F(LoadKeyFile, BuildsATable) {
     EXPECT_EQ(t.text(b->owner), "user_2");
     EXPECT_EQ(t.text(b->organization), "");
     EXPECT_EQ(t.scope_count(), 2u);
-    EXPECT_TRUE(b->scopes.test(static_cast<unsigned>(t.find_scope("write"))));
-    EXPECT_FALSE(a->scopes.test(static_cast<unsigned>(t.find_scope("write"))));
+    EXPECT_TRUE(t.scopes(*b).test(static_cast<unsigned>(t.find_scope("write"))));
+    EXPECT_FALSE(t.scopes(*a).test(static_cast<unsigned>(t.find_scope("write"))));
     Environment env;
     ASSERT_TRUE(t.environment_of("wfk_t_0123456789abc", env));
     EXPECT_EQ(env, Environment::test);
@@ -726,6 +730,107 @@ TEST_F(LoadKeyFile, TooManyScopesNamesTheKey) {
     }
     // 150 distinct scopes: the third key (line 11) brings the 129th.
     expect_load_error(yaml, line, "too many distinct scopes");
+}
+
+// load_key_file reads the fast subset in one pass and drops what it built if
+// the file leaves the subset later on; read_key_file checks the whole file
+// first. Both must always give the same table, or the same error.
+class BuildingTestSink final : public KeyFileSink {
+public:
+    void on_prefix(std::uint32_t line, std::string_view prefix, Environment env) override {
+        builder.add_prefix(line, prefix, env);
+    }
+    void on_key(const KeySpec &spec) override { builder.add_key(spec); }
+    TableBuilder builder;
+};
+
+// The image's bytes but its build id, or "line: reason".
+std::string outcome_of(const TableImage &image) {
+    std::string bytes(static_cast<const char *>(image.data()), image.size());
+    std::memset(bytes.data() + offsetof(TableHeader, build_id), 0, sizeof(std::uint64_t));
+    return bytes;
+}
+
+std::string two_pass_outcome(const std::string &yaml) {
+    try {
+        BuildingTestSink sink;
+        read_key_file(std::string_view(yaml), sink);
+        return outcome_of(sink.builder.build());
+    } catch (const KeyFileError &e) {
+        return "error " + std::to_string(e.line()) + ": " + e.what();
+    }
+}
+
+TEST_F(LoadKeyFile, OnePassLoadMatchesReadKeyFile) {
+    std::mt19937 rng(20261207);
+    // Pieces of records, some outside the fast reader's subset (yaml-cpp
+    // reads the file then), some wrong for the schema.
+    const std::vector<std::string> ids = {"key_a",     "key_b",  "key_c",
+                                          "\"key_d\"", "bad id", "key_a"};
+    const std::vector<std::string> hashes = {kHashAbc, kHashEmpty, kHashTwoBlock, "sha256:xyz",
+                                             kHashAbc + " # a comment"};
+    const std::vector<std::string> extras = {
+        "",
+        "    scopes: [read, write]\n",
+        "    scopes:\n      - read\n",
+        "    plan: pro\n",
+        "    limits: {write: 5r/m}\n",
+        "    organization_id: org_1\n",
+        "    expires_at: 2027-01-30T00:00:00Z\n",
+        "    created_at: &t 2026-01-30\n",     // an anchor: yaml-cpp reads the file
+        "    owner2: x\n",                     // an unknown field
+        "    scopes: [read,\n      write]\n",  // a flow list over two lines
+        "    plan: \"p\\u0072o\"\n",           // an escape
+        "    allowed_ips: [203.0.113.0/24]\n",
+        "    revoked_at: 2026-02-30\n",  // not a date
+    };
+    auto pick = [&](const auto &v) { return v[rng() % v.size()]; };
+    int loaded = 0, refused = 0;
+    for (int round = 0; round < 400; round++) {
+        std::string yaml = "version: 1\nprefixes:\n  wfk_: live\nkeys:\n";
+        const int records = 1 + static_cast<int>(rng() % 4);
+        for (int r = 0; r < records; r++) {
+            yaml += "  - id: " + pick(ids) + "\n    hash: " + pick(hashes) + "\n    owner: u\n";
+            if (rng() % 2) yaml += pick(extras);
+        }
+        if (rng() % 8 == 0) yaml += "# a comment at the end\n";
+        SCOPED_TRACE(yaml);
+        const std::string expected = two_pass_outcome(yaml);
+        const std::string path = write("random.yaml", yaml);
+        std::string got;
+        try {
+            got = outcome_of(load_key_file(path));
+            loaded++;
+        } catch (const KeyFileLoadError &e) {
+            // "path:line: reason" -> "error line: reason"
+            got = "error " + std::string(e.what()).substr(path.size() + 1);
+            refused++;
+        }
+        ASSERT_EQ(got, expected);
+    }
+    // Both kinds of outcome were met.
+    EXPECT_GT(loaded, 20);
+    EXPECT_GT(refused, 20);
+}
+
+TEST_F(LoadKeyFile, AFileLeavingTheSubsetLateLoadsAllItsKeys) {
+    // Thousands of plain records, then one the fast reader does not read
+    // (an anchor): yaml-cpp reads the whole file, and every key is there.
+    std::string yaml = "version: 1\nkeys:\n";
+    for (int i = 0; i < 3000; i++) {
+        char hash[65];
+        std::snprintf(hash, sizeof hash, "%064x", i);
+        yaml += "  - id: key_" + std::to_string(i) + "\n    hash: sha256:" + hash +
+                "\n    owner: user_" + std::to_string(i % 7) + "\n    scopes: [read]\n";
+    }
+    yaml += "  - id: key_last\n    hash: " + kHashAbc + "\n    owner: &o user_last\n";
+    TableImage image = load_key_file(write("late.yaml", yaml));
+    KeyTable t = image.table();
+    ASSERT_EQ(t.key_count(), 3001u);
+    const KeyRecord *last = t.find(sha256("abc"));
+    ASSERT_NE(last, nullptr);
+    EXPECT_EQ(t.text(last->owner), "user_last");
+    EXPECT_EQ(outcome_of(image), two_pass_outcome(yaml));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Which budgets a request spends in one location (limit_plan.h).
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,49 @@ TEST(LimitPlan, AtMostEightLimitsAreRead) {
     const LimitPlan plan(limits.data(), limits.size(), "read", f.image.table(), *f.key,
                          LimitBy::key, 7);
     EXPECT_EQ(plan.size(), LimitPlan::kMaxBudgets);
+}
+
+// The memo answers exactly what computing does, for every input that goes
+// into an id (payer, category bytes, period, key zone, table), also when
+// one table's entries meet another table's records at the same index.
+TEST(LimitPlan, TheBudgetIdMemoGivesTheComputedIds) {
+    Fixture f;
+    Fixture other;  // the same records in another table (another build_id)
+    ASSERT_NE(f.image.table().build_id(), other.image.table().build_id());
+    auto memo = std::make_unique<BudgetIdMemo>();
+    const std::string long_category(BudgetIdMemo::kMaxCategory + 3, 'c');
+    const std::string read = "read";  // another buffer: bytes are compared, not addresses
+    const std::string_view categories[] = {"read", "write", "rea", "readx", long_category};
+    int checked = 0;
+    for (int round = 0; round < 3; round++) {  // the first round fills, the others hit
+        for (const Fixture *fx : {&f, &other}) {
+            const KeyTable table = fx->image.table();
+            for (const KeyRecord *k : {fx->key, fx->limited}) {
+                for (LimitBy by : {LimitBy::key, LimitBy::owner, LimitBy::organization}) {
+                    for (std::string_view category : categories) {
+                        for (std::uint32_t period : {1'000u, 60'000u, 86'400'000u}) {
+                            for (std::uint64_t salt : {7u, 8u}) {
+                                const std::uint64_t want = BudgetIdMemo::compute(
+                                    table, *k, by, category, period, salt);
+                                EXPECT_EQ(memo->id(table, *k, by, category, period, salt), want);
+                                checked++;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    EXPECT_EQ(checked, 3 * 2 * 2 * 3 * 5 * 3 * 2);
+    // A plan with the memo equals one without it.
+    const ConfiguredLimit limits[] = {{&zone_a, "read", Rate{100, 60}},
+                                      {&zone_b, read, Rate{10, 1}}};
+    for (LimitBy by : {LimitBy::key, LimitBy::owner}) {
+        const LimitPlan a(limits, 2, "read", f.image.table(), *f.key, by, 7);
+        const LimitPlan b(limits, 2, "read", f.image.table(), *f.key, by, 7, memo.get());
+        ASSERT_EQ(a.size(), b.size());
+        for (std::size_t i = 0; i < a.size(); i++) EXPECT_EQ(a.begin()[i].id, b.begin()[i].id);
+    }
 }
 
 TEST(LimitPlan, TheResponseReportsTheLimitClosestToRefusing) {

@@ -48,6 +48,31 @@ TEST(RequestId, Format) {
     }
 }
 
+// The ids as the first implementation wrote them, one base-36 digit per
+// division: the faster conversion must not change a single id.
+std::string reference_id(std::uint64_t &state) {
+    static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    state += 0x9e3779b97f4a7c15ull;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    std::uint64_t v = z ^ (z >> 31);
+    std::string out = "req_0000000000000";
+    for (std::size_t i = kRequestIdLength - 1; i >= 4; i--) {
+        out[i] = digits[v % 36];
+        v /= 36;
+    }
+    return out;
+}
+
+TEST(RequestId, SameIdsAsOneDigitPerDivision) {
+    for (std::uint64_t seed : {0ull, 1ull, 7ull, 0xffffffffffffffffull, 0x123456789abcdefull}) {
+        RequestIdGenerator g(seed);
+        std::uint64_t state = seed;
+        for (int i = 0; i < 20000; i++) ASSERT_EQ(next_id(g), reference_id(state)) << i;
+    }
+}
+
 TEST(RequestId, HundredThousandAreUnique) {
     RequestIdGenerator g(0x5eed);
     std::unordered_set<std::string> seen;

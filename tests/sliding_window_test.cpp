@@ -170,10 +170,23 @@ public:
     const Measured &measured() const { return m_; }
     const WindowState &state() const { return state_; }
 
+    // The counter table's way, with the window's summary kept alongside
+    // (the probes count afresh: so every decision is also checked to be
+    // the same with and without a summary).
     WindowDecision send(std::int64_t t) {
         const WindowDecision dry = probe(state_, limit_, t);
-        const WindowDecision d = window_consume(state_, limit_, t, true);
+        const WindowState before = state_;
+        const WindowSummary summary_before = summary_;
+        const WindowDecision dry_kept = window_consume(state_, summary_, limit_, t, false);
+        if (!failed_ && (!same(dry, dry_kept) || summary_ != summary_before ||
+                         std::memcmp(&before, &state_, sizeof before) != 0)) {
+            fail(t, "a dry run with the summary disagrees or changed something");
+        }
+        const WindowDecision d = window_consume(state_, summary_, limit_, t, true);
         m_.requests++;
+        if (!failed_ && !exact(limit_) && !window_summary_fits(state_, summary_)) {
+            fail(t, "the kept summary is not the window's");
+        }
         if (!failed_) check(t, dry, d);
         if (d.allowed) {
             log_.add(d.counted_at_ms);
@@ -209,21 +222,26 @@ private:
     }
 
     void refund(std::int64_t at) {
-        window_refund(state_, at);
+        window_refund(state_, summary_, at);
+        if (!failed_ && !exact(limit_) && !window_summary_fits(state_, summary_)) {
+            fail(at, "the summary kept through a refund is not the window's");
+        }
         log_.remove(at);
         m_.refunds++;
+    }
+
+    static bool same(const WindowDecision &a, const WindowDecision &b) {
+        return a.allowed == b.allowed && a.remaining == b.remaining &&
+               a.retry_after_s == b.retry_after_s && a.reset_s == b.reset_s &&
+               a.counted_at_ms == b.counted_at_ms && a.limit == b.limit &&
+               a.next_free_s == b.next_free_s;
     }
 
     void check(std::int64_t t, const WindowDecision &dry, const WindowDecision &d) {
         const std::int64_t N = limit_.count;
         const std::int64_t P = limit_.period_ms;
         // A dry run reports exactly what the real request then gets.
-        if (dry.allowed != d.allowed || dry.remaining != d.remaining ||
-            dry.retry_after_s != d.retry_after_s || dry.reset_s != d.reset_s ||
-            dry.counted_at_ms != d.counted_at_ms || dry.limit != d.limit ||
-            dry.next_free_s != d.next_free_s) {
-            return fail(t, "dry run disagrees with the committed decision");
-        }
+        if (!same(dry, d)) return fail(t, "dry run disagrees with the committed decision");
         if (d.limit != limit_.count) return fail(t, "limit field");
         const std::int64_t in_log = static_cast<std::int64_t>(log_.counting(t));
         const bool log_accepts = in_log < N;
@@ -336,6 +354,7 @@ private:
     WindowLimit limit_;
     std::string context_;
     WindowState state_;
+    WindowSummary summary_ = 0;  // that of the fresh (all-zero) state
     SlidingLog log_;
     std::mt19937_64 *rng_;
     std::vector<std::int64_t> pending_;

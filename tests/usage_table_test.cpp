@@ -293,6 +293,55 @@ TEST(UsageTable, AdoptOfACopyReadsTheSameTable) {
         << "the original is untouched";
 }
 
+TEST(UsageTable, AnIdAtAnAddressThatHeldAnotherCountsAsItself) {
+    // Each process remembers where it found an id by the address of the id's
+    // text; a replaced key table may put another id at that address.
+    HeapTable heap(64);
+    char text[kMaxTrackedId + 16];
+    std::memcpy(text, "key_a", 5);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 1);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 2);
+    std::memcpy(text, "key_b", 5);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 3);
+    heap.table.count(std::string_view(text, 4), Outcome::accepted, 4);  // "key_"
+    std::memcpy(text, "key_a", 5);
+    heap.table.count(std::string_view(text, 5), Outcome::revoked_key, 5);
+    const auto used = used_slots(heap.table);
+    ASSERT_EQ(used.size(), 3u);
+    EXPECT_EQ(used.at("key_a").copy.count[kAccepted], 2u);
+    EXPECT_EQ(used.at("key_a").copy.count[static_cast<std::size_t>(Outcome::revoked_key)], 1u);
+    EXPECT_EQ(used.at("key_a").copy.last_used, 5);
+    EXPECT_EQ(used.at("key_b").copy.count[kAccepted], 1u);
+    EXPECT_EQ(used.at("key_").copy.count[kAccepted], 1u);
+
+    // Longer ids, one byte changed anywhere: each is its own key.
+    for (std::size_t len : {1u, 2u, 3u, 4u, 5u, 7u, 8u, 9u, 15u, 16u, 17u, 24u, 40u}) {
+        HeapTable longer(256);
+        std::map<std::string, int> want;
+        for (std::size_t changed = 0; changed <= len; changed++) {
+            std::memset(text, 'k', len);
+            if (changed < len) text[changed] = 'z';
+            for (int i = 0; i < 2; i++) {
+                longer.table.count(std::string_view(text, len), Outcome::accepted, 7);
+                want[std::string(text, len)]++;
+            }
+        }
+        const auto seen = used_slots(longer.table);
+        ASSERT_EQ(seen.size(), want.size()) << len;
+        for (const auto &[id, n] : want) {
+            EXPECT_EQ(seen.at(id).copy.count[kAccepted], static_cast<std::uint64_t>(n)) << id;
+        }
+    }
+
+    // An id longer than a slot holds is tracked by its first kMaxTrackedId
+    // bytes, the first time as every time after.
+    std::memset(text, 'x', sizeof text);
+    for (int i = 0; i < 3; i++) {
+        heap.table.count(std::string_view(text, sizeof text), Outcome::accepted, 6);
+    }
+    EXPECT_EQ(used_slots(heap.table).at(std::string(kMaxTrackedId, 'x')).copy.count[kAccepted], 3u);
+}
+
 // ---- Concurrency: threads stand in for worker processes.
 
 constexpr int kThreads = 8;

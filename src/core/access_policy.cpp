@@ -95,11 +95,11 @@ Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
         return v;
     }
     v.record = record;
-    if (record->revoked_at <= now) {
+    if (record->revoked_at() <= now) {
         v.outcome = Outcome::revoked_key;
         return v;
     }
-    if (record->expires_at <= now) {
+    if (record->expires_at() <= now) {
         v.outcome = Outcome::expired_key;
         return v;
     }
@@ -122,12 +122,13 @@ Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
         return v;
     }
 
+    const ScopeSet &scopes = table.scopes(*record);
     for (std::size_t i = 0; i < rules_.size(); i++) {
         const CompiledRule &c = compiled_[i];
         if (!(rules_[i].methods & method)) continue;
-        if (!c.unknown && record->scopes.contains_all(c.need)) continue;
+        if (!c.unknown && scopes.contains_all(c.need)) continue;
         for (std::size_t k = 0; k < c.bits.size(); k++) {
-            if (c.bits[k] < 0 || !record->scopes.test(static_cast<unsigned>(c.bits[k]))) {
+            if (c.bits[k] < 0 || !scopes.test(static_cast<unsigned>(c.bits[k]))) {
                 v.outcome = Outcome::insufficient_scope;
                 v.missing_scope = rules_[i].scopes[k];
                 return v;

@@ -18,8 +18,9 @@ constexpr std::uint32_t kCounterMagic = 0x4354'4b31;  // "1KTC"
 // 2: 64-bit owner identities in the locks; 3: exact log / 50-bucket window
 // (WindowState of 216 bytes, slots of 248); 4: synced tables (the layout
 // word then also carries kSyncedLayout; unsynced ones are laid out as in 3);
-// 5: SyncNodeState's last_batch_ms and refused_no_grant; 6: its nodes_seen.
-constexpr std::uint32_t kCounterLayout = 6;
+// 5: SyncNodeState's last_batch_ms and refused_no_grant; 6: its nodes_seen;
+// 7: CounterSlot::summary (was reserved), kept by every window update.
+constexpr std::uint32_t kCounterLayout = 7;
 constexpr std::uint32_t kSyncedLayout = 0x0001'0000;
 
 std::uint64_t align_up(std::uint64_t n, std::uint64_t a) noexcept { return (n + a - 1) / a * a; }
@@ -59,6 +60,14 @@ std::uint64_t random_node_id() noexcept {
 }
 
 std::uint64_t load_budget(const CounterSlot &slot) noexcept { return load_acquire(&slot.budget); }
+
+// owner_lock, with the uncontended case (a free word taken at the first
+// try) inline: the request path takes one slot lock per budget.
+void lock_slot(std::uint64_t *word, std::uint64_t self) noexcept {
+    std::uint64_t expected = 0;
+    if (__builtin_expect(compare_exchange(word, expected, self), 1)) return;
+    owner_lock(word, self);
+}
 
 }  // namespace
 
@@ -165,13 +174,13 @@ std::uint64_t CounterTable::home(std::uint64_t budget) const noexcept {
 // so a budget, if present, is before the first never-used slot.
 CounterSlot *CounterTable::find_locked(std::uint64_t budget, std::uint64_t self) noexcept {
     const std::uint64_t cap = header_->capacity;
-    const std::uint64_t start = home(budget);
-    for (unsigned i = 0; i < kProbe && i < cap; i++) {
-        CounterSlot &slot = slots_[(start + i) % cap];
+    std::uint64_t at = home(budget);  // < cap
+    for (unsigned i = 0; i < kProbe && i < cap; i++, at = at + 1 == cap ? 0 : at + 1) {
+        CounterSlot &slot = slots_[at];
         const std::uint64_t b = load_budget(slot);
         if (b == 0) return nullptr;
         if (b != budget) continue;
-        owner_lock(&slot.lock, self);
+        lock_slot(&slot.lock, self);
         if (slot.budget == budget) return &slot;
         owner_unlock(&slot.lock);  // reassigned between the look and the lock
         return nullptr;
@@ -228,6 +237,7 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
     chosen->period_ms = limit.period_ms;
     chosen->last_used_ms = now_ms;
     window_reset(chosen->window);
+    chosen->summary = 0;  // that of an all-zero window
     if (ledgers_ != nullptr) {
         // A budget new to this node: no lease, nothing unacked; its history
         // (none) is in Redis for the node's current epoch.
@@ -237,85 +247,93 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
     return chosen;
 }
 
-CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
-                                    bool commit, std::uint64_t self) noexcept {
-    CounterResult r{};
-    CounterSlot *slot = find_locked(budget, self);
-    if (slot == nullptr) {
-        if (!commit) {
-            // A dry run never creates counters: an unknown budget is unused.
-            WindowState empty;
-            window_reset(empty);
-            r.decision = window_consume(empty, limit, now_ms, false);
-            r.slot = ~std::uint64_t{0};
-            if (ledgers_ != nullptr && r.decision.allowed) {
-                SyncLedger fresh;
-                ledger_init(fresh, load_acquire(&sync_->node.epoch_gen));
-                const LedgerContext ctx = sync_context(sync_->node, sync_config_, now_ms);
-                r.synced = true;
-                r.ledger = ledger_admit(fresh, sync_config_, ctx, r.decision, false);
-                r.decision.allowed = r.ledger.allowed;
-                r.decision.remaining = r.ledger.allowed ? r.ledger.remaining : 0;
-                r.decision.reset_s = r.ledger.reset_s;
-                r.decision.retry_after_s = r.ledger.allowed ? 0 : r.ledger.retry_after_s;
-                r.decision.next_free_s = r.ledger.next_free_s;
-            }
-            return r;
-        }
-        owner_lock(&header_->claim_lock, self);
-        slot = find_locked(budget, self);
-        if (slot == nullptr) slot = claim_locked(budget, limit, now_ms, self, r.evicted_active);
-        owner_unlock(&header_->claim_lock);
-        if (slot == nullptr) {
-            r.decision.allowed = false;
-            r.decision.limit = limit.count;
-            r.decision.retry_after_s = 1;
-            r.decision.next_free_s = 1;
-            r.slot = ~std::uint64_t{0};
-            return r;
-        }
-    }
-    r.decision = window_consume(slot->window, limit, now_ms, commit);
-    if (commit) slot->last_used_ms = now_ms;
-    r.slot = static_cast<std::uint64_t>(slot - slots_);
+// Under the slot's lock (released here). Inlined into both callers: the
+// request path's result is built in the caller's memory.
+[[gnu::always_inline]] inline CounterResult CounterTable::decide_locked(
+    CounterSlot &slot, WindowLimit limit, std::int64_t now_ms, bool commit,
+    bool evicted_active) noexcept {
+    CounterResult r;
+    r.decision = window_consume(slot.window, slot.summary, limit, now_ms, commit);
+    r.evicted_active = evicted_active;
+    r.synced = false;
+    r.slot = static_cast<std::uint64_t>(&slot - slots_);
+    r.ledger = LedgerDecision{};
+    if (commit) slot.last_used_ms = now_ms;
     // Unsynced tables: one predictable branch.
     if (__builtin_expect(ledgers_ != nullptr, 0) && r.decision.allowed) {
-        consume_synced(*slot, r, now_ms, commit);
+        consume_synced(slot, r, now_ms, commit);
     }
-    owner_unlock(&slot->lock);
+    store_release(&slot.lock, 0);  // owner_unlock
     return r;
+}
+
+CounterResult CounterTable::consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
+                                    bool commit, std::uint64_t self) noexcept {
+    CounterSlot *slot = find_locked(budget, self);
+    if (__builtin_expect(slot == nullptr, 0)) {
+        return consume_new(budget, limit, now_ms, commit, self);
+    }
+    return decide_locked(*slot, limit, now_ms, commit, false);
+}
+
+// A budget without a counter: a dry run decides on an empty window, a
+// request claims a counter for it.
+CounterResult CounterTable::consume_new(std::uint64_t budget, WindowLimit limit,
+                                        std::int64_t now_ms, bool commit,
+                                        std::uint64_t self) noexcept {
+    CounterResult r{};
+    if (!commit) {
+        // A dry run never creates counters: an unknown budget is unused.
+        WindowState empty;
+        window_reset(empty);
+        r.decision = window_consume(empty, limit, now_ms, false);
+        r.slot = ~std::uint64_t{0};
+        if (ledgers_ != nullptr && r.decision.allowed) {
+            SyncLedger fresh;
+            ledger_init(fresh, load_acquire(&sync_->node.epoch_gen));
+            r.synced = true;
+            ledger_decide(fresh, sync_config_, sync_context(sync_->node, sync_config_, now_ms),
+                          r.decision, r.ledger, false);
+        }
+        return r;
+    }
+    owner_lock(&header_->claim_lock, self);
+    CounterSlot *slot = find_locked(budget, self);
+    if (slot == nullptr) slot = claim_locked(budget, limit, now_ms, self, r.evicted_active);
+    owner_unlock(&header_->claim_lock);
+    if (slot == nullptr) {
+        r.decision.allowed = false;
+        r.decision.limit = limit.count;
+        r.decision.retry_after_s = 1;
+        r.decision.next_free_s = 1;
+        r.slot = ~std::uint64_t{0};
+        return r;
+    }
+    return decide_locked(*slot, limit, now_ms, commit, r.evicted_active);
 }
 
 // Under the slot's lock, after the local window accepted (and counted, when
 // commit) the request.
-void CounterTable::consume_synced(CounterSlot &slot, CounterResult &r, std::int64_t now_ms,
-                                  bool commit) noexcept {
-    SyncLedger &ledger = ledgers_[r.slot];
-    const LedgerContext ctx = sync_context(sync_->node, sync_config_, now_ms);
+[[gnu::always_inline]] inline void CounterTable::consume_synced(CounterSlot &slot, CounterResult &r,
+                                                                std::int64_t now_ms,
+                                                                bool commit) noexcept {
     r.synced = true;
-    r.ledger = ledger_admit(ledger, sync_config_, ctx, r.decision, commit);
-    if (!r.ledger.allowed) {
+    if (!ledger_decide(ledgers_[r.slot], sync_config_,
+                       sync_context(sync_->node, sync_config_, now_ms), r.decision, r.ledger,
+                       commit)) {
         // Spends nothing: the local window takes the request back.
-        if (commit) window_refund(slot.window, r.decision.counted_at_ms);
+        if (commit) window_refund(slot.window, slot.summary, r.decision.counted_at_ms);
         fetch_add_relaxed(&sync_->node.refused_no_grant, std::uint64_t{1});
-        r.decision.allowed = false;
-        r.decision.remaining = 0;
-        r.decision.retry_after_s = r.ledger.retry_after_s;
-    } else {
-        r.decision.remaining = r.ledger.remaining;
-        r.decision.retry_after_s = 0;
     }
-    r.decision.reset_s = r.ledger.reset_s;
-    r.decision.next_free_s = r.ledger.next_free_s;
 }
 
 void CounterTable::refund(const CounterResult &result, std::uint64_t budget,
                           std::uint64_t self) noexcept {
     if (result.slot >= header_->capacity || !result.decision.allowed) return;
     CounterSlot &slot = slots_[result.slot];
-    owner_lock(&slot.lock, self);
+    lock_slot(&slot.lock, self);
     if (slot.budget == budget) {
-        window_refund(slot.window, result.decision.counted_at_ms);
+        window_refund(slot.window, slot.summary, result.decision.counted_at_ms);
         if (ledgers_ != nullptr && result.synced)
             ledger_refund(ledgers_[result.slot], result.ledger);
     }

@@ -27,8 +27,8 @@ namespace apikey {
 struct CounterSlot {
     std::uint64_t lock;       // owner_lock word: the holder's identity, 0 when free
     std::uint32_t period_ms;  // of the budget held here
-    std::uint32_t reserved;
-    std::uint64_t budget;  // 0: never used
+    WindowSummary summary;    // the window's running sums (sliding_window.h)
+    std::uint64_t budget;     // 0: never used
     std::int64_t last_used_ms;
     WindowState window;
 };
@@ -152,6 +152,10 @@ private:
         : header_(header), slots_(slots) {}
 
     void attach_sync(CounterSyncHeader *sync, const SyncConfig &config) noexcept;
+    CounterResult consume_new(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms,
+                              bool commit, std::uint64_t self) noexcept;
+    CounterResult decide_locked(CounterSlot &slot, WindowLimit limit, std::int64_t now_ms,
+                                bool commit, bool evicted_active) noexcept;
     void consume_synced(CounterSlot &slot, CounterResult &r, std::int64_t now_ms,
                         bool commit) noexcept;
 

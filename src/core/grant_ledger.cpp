@@ -1,6 +1,7 @@
 #include "grant_ledger.h"
 
 #include <algorithm>
+#include <new>
 
 namespace apikey {
 
@@ -23,7 +24,8 @@ bool lease_valid(const SyncLedger &l, std::int64_t now) noexcept {
 // The node's estimate of what this budget may still accept across the
 // cluster: the room at the last view, plus the lease it holds (recorded in
 // the view, but this node's to spend), less overdraft not in the view yet.
-std::uint32_t cluster_remaining(const SyncLedger &l, std::int64_t now) noexcept {
+[[gnu::always_inline]] inline std::uint32_t cluster_remaining(const SyncLedger &l,
+                                                              std::int64_t now) noexcept {
     std::int64_t est = l.lease_left;
     if (l.view_total != kViewFull) {
         est += static_cast<std::int64_t>(l.limit) -
@@ -75,11 +77,12 @@ void ledger_refresh(SyncLedger &l, std::uint32_t epoch_gen, std::int64_t now) no
     }
 }
 
-LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, const LedgerContext &ctx,
-                            const WindowDecision &local, bool commit) noexcept {
-    // A dry run decides on a copy.
-    SyncLedger scratch = ledger;
-    SyncLedger &l = commit ? ledger : scratch;
+namespace {
+
+// ledger_admit on the ledger itself, or on a dry run's copy.
+[[gnu::always_inline]] inline LedgerDecision admit(SyncLedger &l, const SyncConfig &config,
+                                                   LedgerContext ctx,
+                                                   const WindowDecision &local) noexcept {
     const std::int64_t now = ctx.now_ms;
     if (l.limit != local.limit) {
         // A new rate (reload, key override): room_at was for the old one.
@@ -145,6 +148,38 @@ LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, const 
     d.reset_s = ceil_seconds(reset_ms);
     if (local.reset_s > d.reset_s) d.reset_s = local.reset_s;
     return d;
+}
+
+}  // namespace
+
+LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
+                            const WindowDecision &local, bool commit) noexcept {
+    if (commit) return admit(ledger, config, ctx, local);
+    // A dry run decides on a copy.
+    SyncLedger scratch = ledger;
+    return admit(scratch, config, ctx, local);
+}
+
+bool ledger_decide(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
+                   WindowDecision &decision, LedgerDecision &out, bool commit) noexcept {
+    // (Built in place, the ledger's own or a dry run's copy decided inline.)
+    if (commit) {
+        ::new (static_cast<void *>(&out)) LedgerDecision(admit(ledger, config, ctx, decision));
+    } else {
+        SyncLedger scratch = ledger;
+        ::new (static_cast<void *>(&out)) LedgerDecision(admit(scratch, config, ctx, decision));
+    }
+    if (out.allowed) {
+        decision.remaining = out.remaining;
+        decision.retry_after_s = 0;
+    } else {
+        decision.allowed = false;
+        decision.remaining = 0;
+        decision.retry_after_s = out.retry_after_s;
+    }
+    decision.reset_s = out.reset_s;
+    decision.next_free_s = out.next_free_s;
+    return out.allowed;
 }
 
 void ledger_refund(SyncLedger &l, const LedgerDecision &d) noexcept {

@@ -122,8 +122,17 @@ struct LedgerDecision {
 // the request counted when commit). With commit false (dry run) nothing
 // changes. When the result is refused, the caller must take the request back
 // from the local window (window_refund(local.counted_at_ms)).
-LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, const LedgerContext &ctx,
+LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
                             const WindowDecision &local, bool commit) noexcept;
+
+// ledger_admit as the counter table runs it: `decision` (the local window's,
+// which accepted the request) becomes the request's: allowed only when the
+// ledger accepts too; then remaining, reset_s and next_free_s are the
+// ledger's, and a refusal's retry_after_s. `out` gets the ledger's decision
+// (for ledger_refund). Returns whether the ledger accepted; when it did not
+// and commit, the caller takes the request back from the local window.
+bool ledger_decide(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
+                   WindowDecision &decision, LedgerDecision &out, bool commit) noexcept;
 
 // Takes back a request ledger_admit accepted (a later limit of the same
 // request refused it): a lease unit returns to its lease if that lease is

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -59,18 +60,19 @@ constexpr FieldName kKeyFields[] = {
 };
 
 template <std::size_t N>
-Field lookup(const FieldName (&fields)[N], std::string_view name) {
+const FieldName *lookup(const FieldName (&fields)[N], std::string_view name) {
     for (const FieldName &f : fields) {
-        if (f.name == name) return f.field;
+        // The first byte first: most names differ there, without a memcmp.
+        if (f.name.size() == name.size() && f.name[0] == name[0] && f.name == name) return &f;
     }
-    return Field::none;
+    return nullptr;
 }
 
 // yaml-cpp pushes events; this is the schema as a small state machine.
 // Every container is checked against what the schema allows at that point,
 // so the structure can never be deeper than key -> limits -> value (or
 // key -> scopes / allowed_ips -> item).
-class SchemaHandler final : public YAML::EventHandler {
+class SchemaHandler final : public YAML::EventHandler, public ScalarViewHandler {
 public:
     explicit SchemaHandler(KeyFileSink &sink) : sink_(sink) {}
 
@@ -99,6 +101,12 @@ public:
 
     void OnScalar(const YAML::Mark &mark, const std::string &, YAML::anchor_t,
                   const std::string &text) override {
+        const std::string_view view(text);
+        value(mark, &view);
+    }
+
+    // The fast reader's scalars: no std::string each.
+    void OnScalarView(const YAML::Mark &mark, bool, std::string_view text) override {
         value(mark, &text);
     }
 
@@ -137,7 +145,7 @@ public:
             state_ = State::prefixes;
         } else if (state_ == State::keys) {
             state_ = State::key;
-            spec_ = KeySpec{};
+            reset_spec();
             spec_.line = line(mark);
             seen_fields_ = 0;
         } else if (state_ == State::key_value && field_ == Field::limits) {
@@ -211,8 +219,22 @@ private:
         }
     }
 
+    // A new record; the lists keep their memory from the last one.
+    void reset_spec() {
+        auto scopes = std::move(spec_.scopes);
+        auto limits = std::move(spec_.limits);
+        auto networks = std::move(spec_.allowed_ips);
+        spec_ = KeySpec{};
+        scopes.clear();
+        limits.clear();
+        networks.clear();
+        spec_.scopes = std::move(scopes);
+        spec_.limits = std::move(limits);
+        spec_.allowed_ips = std::move(networks);
+    }
+
     // One scalar or null, wherever it appears.
-    void value(const YAML::Mark &mark, const std::string *text) {
+    void value(const YAML::Mark &mark, const std::string_view *text) {
         switch (state_) {
         case State::start: unexpected(mark, "a single value");
         case State::top:
@@ -222,7 +244,8 @@ private:
         case State::prefixes:
         case State::limits:
             if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
-            name_ = *text;
+            name_text_ = *text;
+            name_ = name_text_;
             name_line_ = line(mark);
             state_ = state_ == State::prefixes ? State::prefix_value : State::limit_value;
             return;
@@ -245,7 +268,7 @@ private:
         case State::scopes:
             if (!text) throw KeyFileError(line(mark), "a scope must not be null");
             check_identifier(mark, "scope", *text);
-            spec_.scopes.push_back(*text);
+            spec_.scopes.emplace_back(*text);
             return;
         case State::networks: network(mark, text); return;
         case State::keys: unexpected(mark, text ? "a single value" : "null");
@@ -255,20 +278,21 @@ private:
     }
 
     template <std::size_t N>
-    void field_name(const YAML::Mark &mark, const std::string *text, const FieldName (&fields)[N],
-                    State next, unsigned &seen) {
+    void field_name(const YAML::Mark &mark, const std::string_view *text,
+                    const FieldName (&fields)[N], State next, unsigned &seen) {
         if (!text) throw KeyFileError(line(mark), "a null map key is not allowed");
-        field_ = lookup(fields, *text);
-        if (field_ == Field::none) throw KeyFileError(line(mark), "unknown field " + quoted(*text));
+        const FieldName *f = lookup(fields, *text);
+        if (f == nullptr) throw KeyFileError(line(mark), "unknown field " + quoted(*text));
+        field_ = f->field;
         const unsigned bit = 1u << static_cast<unsigned>(field_);
         if (seen & bit) throw KeyFileError(line(mark), "duplicate field " + quoted(*text));
         seen |= bit;
-        name_ = *text;
+        name_ = f->name;  // the same text, kept without a copy
         name_line_ = line(mark);
         state_ = next;
     }
 
-    void top_value(const YAML::Mark &mark, const std::string *text) {
+    void top_value(const YAML::Mark &mark, const std::string_view *text) {
         switch (field_) {
         case Field::version:
             if (!text || *text != "1") {
@@ -284,7 +308,7 @@ private:
         }
     }
 
-    void key_value(const YAML::Mark &mark, const std::string *text) {
+    void key_value(const YAML::Mark &mark, const std::string_view *text) {
         if (field_ == Field::scopes && !text) {
             spec_.scopes.clear();
             return;
@@ -304,7 +328,7 @@ private:
             }
             throw KeyFileError(line(mark), quoted(name_) + " must not be null");
         }
-        const std::string &v = *text;
+        const std::string_view v = *text;
         switch (field_) {
         case Field::id:
             check_identifier(mark, "id", v);
@@ -335,7 +359,7 @@ private:
         }
     }
 
-    std::int64_t time(const YAML::Mark &mark, const std::string &v) const {
+    std::int64_t time(const YAML::Mark &mark, std::string_view v) const {
         auto t = parse_timestamp(v);
         if (!t) {
             throw KeyFileError(line(mark), quoted(name_) + " is not a valid timestamp " +
@@ -344,7 +368,7 @@ private:
         return *t;
     }
 
-    void prefix_value(const YAML::Mark &mark, const std::string *text) {
+    void prefix_value(const YAML::Mark &mark, const std::string_view *text) {
         Environment env;
         if (text && *text == "live") {
             env = Environment::live;
@@ -360,7 +384,7 @@ private:
         sink_.on_prefix(line(mark), name_, env);
     }
 
-    void limit_value(const YAML::Mark &mark, const std::string *text) {
+    void limit_value(const YAML::Mark &mark, const std::string_view *text) {
         check_identifier(mark, "limit category", name_);
         auto rate = text ? parse_rate(*text) : std::nullopt;
         if (!rate) {
@@ -383,7 +407,7 @@ private:
                            "field out to accept the key from any address");
     }
 
-    void network(const YAML::Mark &mark, const std::string *text) {
+    void network(const YAML::Mark &mark, const std::string_view *text) {
         if (!text) {
             throw KeyFileError(line(mark), "an entry of \"allowed_ips\" must not be null");
         }
@@ -403,7 +427,7 @@ private:
         spec_.allowed_ips.push_back(net);
     }
 
-    void check_identifier(const YAML::Mark &mark, const char *what, const std::string &v) const {
+    void check_identifier(const YAML::Mark &mark, const char *what, std::string_view v) const {
         if (!is_identifier(v)) {
             throw KeyFileError(line(mark),
                                std::string("invalid ") + what + " " + quoted(v.substr(0, 64)) +
@@ -426,7 +450,8 @@ private:
     KeyFileSink &sink_;
     State state_ = State::start;
     Field field_ = Field::none;
-    std::string name_;
+    std::string_view name_;  // a field's name (static), or name_text_
+    std::string name_text_;  // a prefix or limit category
     std::uint32_t name_line_ = 1;
     KeySpec spec_;
     unsigned seen_fields_ = 0;
@@ -445,19 +470,7 @@ public:
     TableBuilder builder;
 };
 
-}  // namespace
-
-void read_key_file(std::string_view text, KeyFileSink &sink) {
-    bool in_subset = true;
-    try {
-        SchemaHandler handler(sink);
-        read_yaml_subset(text, handler);
-        handler.finish();
-    } catch (const NotInSubset &) {
-        in_subset = false;  // nothing was emitted: the subset reader checks before it emits
-    }
-    if (in_subset) return;
-
+void read_with_yaml_cpp(std::string_view text, KeyFileSink &sink) {
     SchemaHandler handler(sink);
     try {
         std::istringstream in{std::string(text)};
@@ -471,6 +484,54 @@ void read_key_file(std::string_view text, KeyFileSink &sink) {
         throw KeyFileError(static_cast<std::uint32_t>(e.mark.line + 1), e.msg);
     }
     handler.finish();
+}
+
+// A builder sized for the file: records are at least about 100 bytes of
+// YAML, and a record's strings take less room in the table than in the file.
+void reserve_for(TableBuilder &builder, std::size_t text_bytes) {
+    builder.reserve(text_bytes / 96 + 16, text_bytes / 8 + 64);
+}
+
+// What read_key_file and a build give, with the fast reader in one pass
+// rather than two: the sink is ours, so a file that turns out to be outside
+// the subset half-way costs only the builder, and yaml-cpp reads it into a
+// new one. An error the handler raised stands if the whole file is in the
+// subset (read_key_file would have raised it too), else yaml-cpp decides.
+TableImage build_table(std::string_view text) {
+    {
+        BuildingSink sink;
+        reserve_for(sink.builder, text.size());
+        bool in_subset = true;
+        try {
+            SchemaHandler handler(sink);
+            read_yaml_subset_at_once(text, handler);
+            handler.finish();
+        } catch (const NotInSubset &) {
+            in_subset = false;
+        } catch (const KeyFileError &) {
+            if (in_yaml_subset(text)) throw;
+            in_subset = false;
+        }
+        if (in_subset) return sink.builder.build();
+    }
+    BuildingSink sink;
+    read_with_yaml_cpp(text, sink);
+    return sink.builder.build();
+}
+
+}  // namespace
+
+void read_key_file(std::string_view text, KeyFileSink &sink) {
+    bool in_subset = true;
+    try {
+        SchemaHandler handler(sink);
+        read_yaml_subset(text, handler);
+        handler.finish();
+    } catch (const NotInSubset &) {
+        in_subset = false;  // nothing was emitted: the subset reader checks before it emits
+    }
+    if (in_subset) return;
+    read_with_yaml_cpp(text, sink);
 }
 
 void read_key_file(std::istream &in, KeyFileSink &sink) {
@@ -503,10 +564,12 @@ TableImage load_key_file(const std::string &path) {
     if (static_cast<std::uint64_t>(st.st_size) > kMaxKeyFileBytes) {
         throw KeyFileLoadError(path + ": the file is larger than 1 GiB");
     }
-    std::string text(static_cast<std::size_t>(st.st_size), '\0');
+    // Not zeroed first: read() writes every byte.
+    const auto size = static_cast<std::size_t>(st.st_size);
+    std::unique_ptr<char[]> buffer(new char[size == 0 ? 1 : size]);
     std::size_t got = 0;
-    while (got < text.size()) {
-        const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    while (got < size) {
+        const ssize_t n = ::read(fd, buffer.get() + got, size - got);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             throw KeyFileLoadError(path +
@@ -516,9 +579,7 @@ TableImage load_key_file(const std::string &path) {
         got += static_cast<std::size_t>(n);
     }
     try {
-        BuildingSink sink;
-        read_key_file(text, sink);
-        return sink.builder.build();
+        return build_table(std::string_view(buffer.get(), size));
     } catch (const KeyFileError &e) {
         throw KeyFileLoadError(path + ":" + std::to_string(e.line()) + ": " + e.what());
     }

@@ -18,17 +18,25 @@ bool KeyTable::valid() const noexcept {
 
 const KeyRecord *KeyTable::find(const Digest &digest) const noexcept {
     const TableHeader &h = header();
-    const auto *buckets = at<std::uint32_t>(h.buckets_off);
+    const auto *starts = at<std::uint32_t>(h.buckets_off);
     const auto *records = at<KeyRecord>(h.records_off);
-    for (std::uint64_t i = bucket_hash(digest);; i++) {
-        std::uint32_t slot = buckets[i & h.bucket_mask];
-        if (slot == 0) return nullptr;
-        // A plain memcmp is fine here: both sides are digests, and timing
-        // only tells an attacker about a hash they cannot invert.
-        if (std::memcmp(records[slot - 1].hash.data(), digest.data(), digest.size()) == 0) {
-            return &records[slot - 1];
+    const std::uint32_t b = bucket_of(digest, h.bucket_count);
+    std::uint64_t first;
+    std::memcpy(&first, digest.data(), sizeof first);
+    for (std::uint32_t i = starts[b], end = starts[b + 1]; i < end; i++) {
+        // The first 8 bytes tell the bucket's other keys apart; the rest is
+        // compared on a match. A plain memcmp is fine here: both sides are
+        // digests, and timing only tells an attacker about a hash they
+        // cannot invert.
+        std::uint64_t other;
+        std::memcpy(&other, records[i].hash.data(), sizeof other);
+        if (other == first &&
+            std::memcmp(records[i].hash.data() + sizeof first, digest.data() + sizeof first,
+                        digest.size() - sizeof first) == 0) {
+            return &records[i];
         }
     }
+    return nullptr;
 }
 
 int KeyTable::find_scope(std::string_view name) const noexcept {

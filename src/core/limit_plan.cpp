@@ -1,28 +1,30 @@
 #include "limit_plan.h"
 
+#include <cstring>
+
 #include "counter_table.h"
 
 namespace apikey {
 
-LimitPlan::LimitPlan(const ConfiguredLimit *limits, std::size_t count, std::string_view category,
-                     const KeyTable &table, const KeyRecord &record, LimitBy by,
-                     std::uint64_t key_zone_salt) noexcept {
+std::uint64_t BudgetIdMemo::compute(const KeyTable &table, const KeyRecord &record, LimitBy by,
+                                    std::string_view category, std::uint32_t period_ms,
+                                    std::uint64_t key_zone_salt) noexcept {
     const BudgetHolder holder = budget_holder(table, record, by);
-    for (std::size_t n = 0; n < count && n < kMaxBudgets; n++) {
-        const ConfiguredLimit &limit = limits[n];
-        if (limit.category != category) continue;
-        const Rate rate = effective_rate(table, record, category, limit.rate);
-        const std::uint64_t id = budget_in_zone(
-            budget_id(holder.kind, holder.name, category, rate.period_seconds * 1000),
-            key_zone_salt);
-        std::size_t i = 0;
-        while (i < size_ && !(budgets_[i].zone == limit.zone && budgets_[i].id == id)) i++;
-        if (i < size_) {
-            if (rate.count < budgets_[i].rate.count) budgets_[i].rate = rate;
-        } else {
-            budgets_[size_++] = {limit.zone, id, rate};
-        }
-    }
+    return budget_in_zone(budget_id(holder.kind, holder.name, category, period_ms), key_zone_salt);
+}
+
+std::uint64_t BudgetIdMemo::remember(Entry &e, const KeyTable &table, const KeyRecord &record,
+                                     LimitBy by, std::string_view category, std::uint32_t period_ms,
+                                     std::uint64_t key_zone_salt) noexcept {
+    e.id = compute(table, record, by, category, period_ms, key_zone_salt);
+    e.build_id = table.build_id();
+    e.salt = key_zone_salt;
+    e.record = table.index_of(record);
+    e.period_ms = period_ms;
+    e.by = by;
+    e.category_len = static_cast<std::uint8_t>(category.size());
+    if (!category.empty()) std::memcpy(e.category, category.data(), category.size());
+    return e.id;
 }
 
 bool reports_before(const WindowDecision &candidate, const WindowDecision &current) noexcept {

@@ -23,7 +23,7 @@ Rate effective_rate(const KeyTable &table, const KeyRecord &record, std::string_
 }
 
 BudgetHolder budget_holder(const KeyTable &table, const KeyRecord &record, LimitBy by) noexcept {
-    if (by == LimitBy::organization && record.organization.len != 0) {
+    if (by == LimitBy::organization && !record.organization.empty()) {
         return {'g', table.text(record.organization)};
     }
     if (by != LimitBy::key) return {'o', table.text(record.owner)};

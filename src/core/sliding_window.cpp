@@ -1,5 +1,6 @@
 #include "sliding_window.h"
 
+#include <atomic>
 #include <cstring>
 
 namespace apikey {
@@ -84,6 +85,8 @@ void log_append(WindowState &s, std::int64_t t) noexcept {
 // --- buckets: cells[b mod ring] counts bucket b ---------------------------
 
 std::size_t ring_index(std::int64_t b) noexcept {
+    // (Bucket indexes of real clocks are positive: an unsigned remainder.)
+    if (__builtin_expect(b >= 0, 1)) return static_cast<std::uint64_t>(b) % kRing;
     const std::int64_t i = b % kRing;
     return static_cast<std::size_t>(i < 0 ? i + kRing : i);
 }
@@ -103,14 +106,54 @@ std::int64_t bucket_exit(std::int64_t b, std::int64_t width, std::int64_t period
     return (b + 1) * width - 1 + period;
 }
 
-// Moves the ring forward to bucket c, clearing buckets that left it.
-void advance(WindowState &s, std::int64_t c) noexcept {
+// --- the summary (sliding_window.h): total in the low bits, the count of
+// known-empty oldest buckets above them ------------------------------------
+
+constexpr unsigned kTotalBits = 26;
+constexpr std::uint64_t kMaxTotal = (std::uint64_t{1} << kTotalBits) - 1;
+static_assert((std::uint64_t{kRing} << kTotalBits | kMaxTotal) < kUnknownSummary,
+              "a real summary never reads as unknown");
+
+struct Sums {
+    std::uint64_t total;  // of every bucket in the ring, head - 50 .. head
+    std::int64_t empty;   // buckets head - 50 .. head - 50 + empty - 1 hold nothing
+};
+
+Sums unpack(WindowSummary w) noexcept { return {w & kMaxTotal, w >> kTotalBits}; }
+
+WindowSummary pack(const Sums &m) noexcept {
+    return m.total > kMaxTotal ? kUnknownSummary
+                               : static_cast<WindowSummary>(
+                                     static_cast<std::uint64_t>(m.empty) << kTotalBits | m.total);
+}
+
+// Counted afresh: every bucket added up, the empty ones at the old end counted.
+Sums recount(const WindowState &s) noexcept {
+    Sums m{0, 0};
+#pragma GCC unroll 17
+    for (std::uint32_t n : s.cells) m.total += n;
+    if (m.total == 0) return {0, kRing};
+    for (std::size_t i = ring_index(s.head + 1); s.cells[i] == 0; i = next_index(i)) m.empty++;
+    return m;
+}
+
+// Moves the ring forward to bucket c, clearing buckets that left it (and
+// taking them off the sums, when `m` is known).
+[[gnu::always_inline]] inline void advance(WindowState &s, std::int64_t c, Sums *m) noexcept {
     if (c <= s.head) return;
-    if (c - s.head >= kRing) {
+    const std::int64_t k = c - s.head;
+    if (k >= kRing) {
         for (auto &n : s.cells) n = 0;
+        if (m != nullptr) *m = {0, kRing};
     } else {
         std::size_t i = ring_index(s.head);
-        for (std::int64_t b = s.head + 1; b <= c; b++) s.cells[i = next_index(i)] = 0;
+        for (std::int64_t b = s.head + 1; b <= c; b++) {
+            i = next_index(i);
+            if (m != nullptr) m->total -= s.cells[i];
+            s.cells[i] = 0;
+        }
+        // The k oldest left; the new ones (at the young end) are empty.
+        if (m != nullptr) m->empty = m->total == 0 ? kRing : m->empty > k ? m->empty - k : 0;
     }
     s.head = c;
 }
@@ -229,30 +272,54 @@ WindowDecision decide_log(WindowState &s, WindowLimit limit, std::int64_t now_ms
     return d;
 }
 
-WindowDecision decide_buckets(WindowState &s, WindowLimit limit, std::int64_t now_ms,
-                              bool commit) noexcept {
+// The ring index of bucket c - back, `last` being c's (0 <= back < kRing).
+std::size_t index_back(std::size_t last, std::int64_t back) noexcept {
+    const auto b = static_cast<std::size_t>(back);
+    return last >= b ? last - b : last + kRing - b;
+}
+
+// `sums`: the state's, when `known`; counted here otherwise. When `keep`
+// is not null, the sums of the state as left are stored there at the end
+// (after every change to the state). (Inlined: the request path's limiter
+// is this function, called once.)
+[[gnu::always_inline]] inline WindowDecision decide_buckets(WindowState &s, Sums sums, bool known,
+                                                            WindowLimit limit, std::int64_t now_ms,
+                                                            bool commit,
+                                                            WindowSummary *keep) noexcept {
+    auto store = [&] {
+        if (keep == nullptr) return;
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        *keep = pack(sums);
+    };
     const std::int64_t w = window_bucket_ms(limit);
     const std::int64_t period = limit.period_ms;
-    if (s.width_ms != w) to_buckets(s, w, now_ms);
+    if (s.width_ms != w) {
+        to_buckets(s, w, now_ms);
+        known = false;
+    }
     const std::int64_t te = max64(now_ms, s.head * w);
     // (Busy budgets stay in their newest bucket: no division then.)
     const std::int64_t c = te < (s.head + 1) * w ? s.head : floor_div(te, w);
-    advance(s, c);
-    // Bucket b still counts at te when bucket_exit(b) > te: lo .. c, which
-    // sit in the ring from cell first on, wrapping at its end. (The oldest
-    // in the ring has usually not left: 50 widths cover the period.)
+    if (known) {
+        advance(s, c, &sums);
+    } else {
+        advance(s, c, nullptr);
+        sums = recount(s);
+    }
+    // Bucket b still counts at te when bucket_exit(b) > te: lo .. c. (The
+    // oldest in the ring has usually not left: 50 widths cover the period.)
     std::int64_t lo = c - kRing + 1;
     while (lo <= c && bucket_exit(lo, w, period) <= te) lo++;
-    const std::size_t first = ring_index(lo);
     const std::size_t last = ring_index(c);
-    // The ring holds exactly buckets c - 50 .. c: all of it, less those
-    // before lo.
-    std::uint64_t used = 0;
-#pragma GCC unroll 17
-    for (std::uint32_t n : s.cells) used += n;
-    for (std::size_t i = next_index(last), k = static_cast<std::size_t>(lo - (c - kRing + 1));
-         k > 0; k--, i = next_index(i)) {
-        used -= s.cells[i];
+    // The ring holds exactly buckets c - 50 .. c: its total, less those
+    // before lo. Buckets before `busy` are known to be empty.
+    const std::int64_t busy = c - kRing + 1 + sums.empty;
+    std::uint64_t used = sums.total;
+    bool gone_empty = true;  // every bucket from busy to lo - 1 is empty
+    for (std::int64_t b = busy; b < lo; b++) {
+        const std::uint32_t n = s.cells[index_back(last, c - b)];
+        used -= n;
+        gone_empty = gone_empty && n == 0;
     }
 
     WindowDecision d{};
@@ -261,18 +328,33 @@ WindowDecision decide_buckets(WindowState &s, WindowLimit limit, std::int64_t no
         d.allowed = true;
         d.remaining = static_cast<std::uint32_t>(limit.count - used - 1);
         d.counted_at_ms = te;
-        std::int64_t oldest = lo;
-        for (std::size_t i = first; oldest < c && s.cells[i] == 0; i = next_index(i)) oldest++;
+        // The oldest bucket in use (c when none is): searched from the
+        // first that may be.
+        std::int64_t oldest = c;
+        if (used != 0) {
+            oldest = max64(lo, busy);
+            for (std::size_t i = index_back(last, c - oldest); oldest < c && s.cells[i] == 0;
+                 i = next_index(i)) {
+                oldest++;
+            }
+        }
         d.next_free_s = ceil_seconds(bucket_exit(oldest, w, period) - now_ms);
         d.reset_s = ceil_seconds(bucket_exit(c, w, period) - now_ms);
-        if (commit) s.cells[last]++;
+        if (commit) {
+            s.cells[last]++;
+            sums.total++;
+            // Everything before `oldest` is empty now that the search saw it.
+            if (gone_empty) sums.empty = oldest - (c - kRing + 1);
+        }
+        store();
         return d;
     }
+    store();
     // Refused: the oldest buckets leave one by one; the first moment the
     // rest is under the limit is the retry time.
     std::uint64_t left = used;
     std::int64_t b = lo;
-    for (std::size_t i = first; b < c; b++, i = next_index(i)) {
+    for (std::size_t i = index_back(last, c - lo); b < c; b++, i = next_index(i)) {
         left -= s.cells[i];
         if (left < limit.count) break;
     }
@@ -306,8 +388,41 @@ WindowDecision window_consume(WindowState &state, WindowLimit limit, std::int64_
     WindowState scratch;
     if (!commit) scratch = state;
     WindowState &s = commit ? state : scratch;
-    return limit.count <= kExactLimit ? decide_log(s, limit, now_ms, commit)
-                                      : decide_buckets(s, limit, now_ms, commit);
+    return limit.count <= kExactLimit
+               ? decide_log(s, limit, now_ms, commit)
+               : decide_buckets(s, Sums{}, false, limit, now_ms, commit, nullptr);
+}
+
+namespace {
+
+// A dry run works on copies: even moving the window on is a change.
+[[gnu::noinline]] WindowDecision dry_buckets(const WindowState &state, WindowSummary summary,
+                                             WindowLimit limit, std::int64_t now_ms) noexcept {
+    WindowState scratch = state;
+    return decide_buckets(scratch, unpack(summary), summary != kUnknownSummary, limit, now_ms,
+                          false, nullptr);
+}
+
+}  // namespace
+
+WindowDecision window_consume(WindowState &state, WindowSummary &summary, WindowLimit limit,
+                              std::int64_t now_ms, bool commit) noexcept {
+    if (limit.count <= kExactLimit) return window_consume(state, limit, now_ms, commit);
+    if (!commit) return dry_buckets(state, summary, limit, now_ms);
+    const WindowSummary kept = summary;
+    // Unknown while the state changes (see the header); decide_buckets
+    // stores the new one last.
+    summary = kUnknownSummary;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    return decide_buckets(state, unpack(kept), kept != kUnknownSummary, limit, now_ms, true,
+                          &summary);
+}
+
+bool window_summary_fits(const WindowState &s, WindowSummary summary) noexcept {
+    if (summary == kUnknownSummary) return true;
+    const Sums kept = unpack(summary);
+    const Sums real = recount(s);
+    return kept.total == real.total && kept.empty <= real.empty;
 }
 
 void window_refund(WindowState &s, std::int64_t counted_at_ms) noexcept {
@@ -322,6 +437,23 @@ void window_refund(WindowState &s, std::int64_t counted_at_ms) noexcept {
     }
     const std::int64_t b = floor_div(counted_at_ms, s.width_ms);
     if (b > s.head - kRing && b <= s.head && count_at(s, b) > 0) count_at(s, b)--;
+}
+
+void window_refund(WindowState &s, WindowSummary &summary, std::int64_t counted_at_ms) noexcept {
+    if (s.width_ms == 0) return window_refund(s, counted_at_ms);
+    const std::int64_t b = floor_div(counted_at_ms, s.width_ms);
+    if (!(b > s.head - kRing && b <= s.head && count_at(s, b) > 0)) return;
+    const WindowSummary kept = summary;
+    summary = kUnknownSummary;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    count_at(s, b)--;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (kept != kUnknownSummary) {
+        // Emptying a bucket leaves the known-empty ones as they were.
+        Sums m = unpack(kept);
+        m.total--;
+        summary = pack(m);
+    }
 }
 
 bool window_idle(const WindowState &s, WindowLimit limit, std::int64_t now_ms) noexcept {

@@ -96,6 +96,34 @@ void window_reset(WindowState &state) noexcept;
 WindowDecision window_consume(WindowState &state, WindowLimit limit, std::int64_t now_ms,
                               bool commit) noexcept;
 
+// A bucketed window's running sums, kept by the caller next to its state
+// (CounterSlot::summary) so that a decision neither adds up the 51 buckets
+// nor searches them for the oldest one in use: the total of the ring's
+// buckets (26 bits: a window holding more, under limits of tens of
+// millions, is counted afresh each time) and how many of its oldest
+// buckets are known to be empty (6 bits, 0..51). Every decision and
+// refund that changes the state
+// keeps it up to date; kUnknownSummary (always correct to pass) makes the
+// next one count afresh and store it again. All zero is the summary of an
+// all-zero state, so a zeroed slot needs no initialisation. It changes no
+// decision: window_consume with a summary answers exactly as without
+// (tests/sliding_window_test.cpp compares the two on every request).
+// Log states (limits up to 16) do not use it.
+using WindowSummary = std::uint32_t;
+constexpr WindowSummary kUnknownSummary = 0xffffffffu;
+
+// The same decisions, keeping `summary` (that of `state`, or kUnknownSummary)
+// up to date. A dry run changes neither. While state and summary are being
+// changed the summary reads kUnknownSummary, so a process that dies halfway
+// (a lock taken over from it) leaves a summary that is recounted, never a
+// wrong one.
+WindowDecision window_consume(WindowState &state, WindowSummary &summary, WindowLimit limit,
+                              std::int64_t now_ms, bool commit) noexcept;
+
+// True when `summary` is a correct summary of a bucketed `state`: unknown,
+// or its total with no more empty buckets than it has (for tests).
+bool window_summary_fits(const WindowState &state, WindowSummary summary) noexcept;
+
 // Takes back a request counted by window_consume (a later limit of the same
 // request refused it, so refused requests never spend budget): exactly the
 // one counted at decision.counted_at_ms, if it still counts; otherwise
@@ -103,6 +131,7 @@ WindowDecision window_consume(WindowState &state, WindowLimit limit, std::int64_
 // the two calls finds nothing to take back when the state was converted
 // from buckets to the log: the safe side.)
 void window_refund(WindowState &state, std::int64_t counted_at_ms) noexcept;
+void window_refund(WindowState &state, WindowSummary &summary, std::int64_t counted_at_ms) noexcept;
 
 // True when nothing counted is still inside the window at now_ms (the
 // counter may be reused for another budget). limit.count is not used.

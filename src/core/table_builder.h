@@ -3,10 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "key_table.h"
@@ -43,18 +45,28 @@ struct KeySpec {
 // The image, 8-byte aligned so its structs can be read in place.
 class TableImage {
 public:
-    const void *data() const noexcept { return words_.data(); }
+    const void *data() const noexcept { return words_.get(); }
     std::size_t size() const noexcept { return size_; }
     KeyTable table() const noexcept { return KeyTable(data()); }
 
 private:
     friend class TableBuilder;
-    std::vector<std::uint64_t> words_;
+    struct Free {
+        void operator()(std::uint64_t *p) const noexcept;
+    };
+    // calloc()ed: a large image comes as fresh zero pages, written once.
+    std::unique_ptr<std::uint64_t[], Free> words_;
     std::size_t size_ = 0;
 };
 
 class TableBuilder {
 public:
+    TableBuilder();
+
+    // Room for about this many keys and string bytes, so that the vectors
+    // never grow by copying; only a hint (pages never written cost nothing).
+    void reserve(std::size_t keys, std::size_t string_bytes);
+
     // Both throw KeyFileError naming the offending line.
     void add_prefix(std::uint32_t line, std::string_view prefix, Environment env);
     void add_key(const KeySpec &spec);
@@ -63,19 +75,50 @@ public:
     TableImage build();
 
 private:
-    std::uint32_t intern(std::string_view s);
-    StrRef store(std::string_view s);
+    // Open addressing over strings of strings_ (StrOff), for owners,
+    // organizations and limit categories: no std::string per lookup.
+    class Interner {
+    public:
+        // The offset of s in `strings`, stored there by `store` if new.
+        template <typename Store>
+        std::uint32_t intern(std::string_view s, const std::string &strings, Store &&store);
 
-    std::vector<KeyRecord> records_;
+    private:
+        void grow(const std::string &strings);
+        std::vector<std::uint64_t> slots_;  // hash << 32 | offset; 0: free
+        std::size_t used_ = 0;
+    };
+
+    StrRef store(std::string_view s);
+    StrOff store_counted(std::uint32_t line, std::string_view s);
+    StrOff intern_counted(std::uint32_t line, std::string_view s);
+    std::uint32_t scope_set_of(const KeySpec &spec);
+    PackedTime time(const KeySpec &spec, const char *name, std::int64_t t, std::int64_t absent);
+
+    std::vector<KeyRecord> records_;  // in file order until build()
     std::vector<std::uint32_t> lines_;
+    std::vector<std::uint32_t> id_hashes_;
     std::vector<LimitOverride> limits_;
     std::vector<PrefixEntry> prefixes_;
     std::vector<StrRef> scope_names_;
     std::vector<StrRef> plan_names_;
+    std::vector<ScopeSet> scope_sets_;
     std::unordered_map<std::string, std::uint32_t> scope_bits_;
     std::unordered_map<std::string, std::uint8_t> plan_ids_;
-    std::unordered_map<std::string, StrRef> interned_;
+    struct ScopeSetHash {
+        std::size_t operator()(const std::pair<std::uint64_t, std::uint64_t> &w) const noexcept {
+            return static_cast<std::size_t>(w.first * 0x9e3779b97f4a7c15ull ^ w.second);
+        }
+    };
+    std::unordered_map<std::pair<std::uint64_t, std::uint64_t>, std::uint32_t, ScopeSetHash>
+        scope_set_ids_;
+    Interner interned_;
     std::string strings_;
+    // Neighbouring keys mostly share scopes and plan.
+    std::vector<std::string> last_scopes_;
+    std::uint32_t last_scope_set_ = 0;
+    std::string last_plan_;
+    std::uint8_t last_plan_id_ = kNoPlan;
 };
 
 }  // namespace apikey

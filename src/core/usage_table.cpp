@@ -23,6 +23,32 @@ std::uint64_t hash_id(std::string_view id) noexcept {
 
 void add(std::uint64_t *counter) noexcept { fetch_add_relaxed(counter, 1); }
 
+template <typename T>
+T load(const char *p) noexcept {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// memcmp(a, b, n) == 0 for the short strings key ids are, without a call:
+// word compares, the last one overlapping, never a read past either end.
+bool same_bytes(const char *a, const char *b, std::size_t n) noexcept {
+    if (n >= 8) {
+        for (std::size_t i = 0; i + 8 < n; i += 8) {
+            if (load<std::uint64_t>(a + i) != load<std::uint64_t>(b + i)) return false;
+        }
+        return load<std::uint64_t>(a + n - 8) == load<std::uint64_t>(b + n - 8);
+    }
+    if (n >= 4) {
+        return load<std::uint32_t>(a) == load<std::uint32_t>(b) &&
+               load<std::uint32_t>(a + n - 4) == load<std::uint32_t>(b + n - 4);
+    }
+    for (std::size_t i = 0; i < n; i++) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
 }  // namespace
 
 UsageTable UsageTable::format(void *memory, std::size_t capacity) noexcept {
@@ -66,12 +92,26 @@ UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
     return nullptr;
 }
 
+UsageSlot *UsageTable::slot_for(std::string_view key_id) noexcept {
+    if (key_id.size() > kMaxTrackedId) key_id = key_id.substr(0, kMaxTrackedId);
+    const auto address = reinterpret_cast<std::uintptr_t>(key_id.data());
+    Hint &hint = hints_[(address * 0x9e3779b97f4a7c15ull) >> (64 - kHintBits)];
+    if (hint.id == key_id.data() && hint.slot->id_len == key_id.size() &&
+        same_bytes(hint.slot->id, key_id.data(), key_id.size())) {
+        return hint.slot;
+    }
+    UsageSlot *s = find_or_claim(key_id);
+    // Only a slot whose id is written: the check above reads it.
+    if (s != nullptr && load_acquire(&s->ready)) hint = {key_id.data(), s};
+    return s;
+}
+
 void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t now) noexcept {
     if (totals_ == nullptr) return;
     const auto o = static_cast<std::size_t>(outcome);
     add(&totals_->count[o]);
     if (key_id.empty()) return;
-    UsageSlot *s = find_or_claim(key_id);
+    UsageSlot *s = slot_for(key_id);
     if (s == nullptr) {
         add(&totals_->untracked);
         return;

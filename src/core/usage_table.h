@@ -2,7 +2,8 @@
 // key was accepted, refused (by code) and rate-limited, and when it was last
 // used. Only keys that were used get a slot, so a large key file costs
 // nothing here. The request path adds atomic increments and nothing else:
-// slots are claimed with one compare-and-swap, never locked.
+// slots are claimed with one compare-and-swap, never locked, and each
+// process remembers where it found the ids it counted last.
 #pragma once
 
 #include <cstddef>
@@ -59,11 +60,23 @@ public:
     const UsageSlot *slot(std::uint64_t i) const noexcept;
 
 private:
+    // Per process: where a key id (by the address of its text in a key
+    // table) was found last, so that a key's requests after its first skip
+    // the hash and the probe. A hint is checked against the slot's id before
+    // it is used: a table replaced since may hold another id there.
+    struct Hint {
+        const char *id;
+        UsageSlot *slot;
+    };
+    static constexpr unsigned kHintBits = 6;
+
     UsageTable(UsageTotals *totals, UsageSlot *slots) noexcept : totals_(totals), slots_(slots) {}
     UsageSlot *find_or_claim(std::string_view key_id) noexcept;
+    UsageSlot *slot_for(std::string_view key_id) noexcept;
 
     UsageTotals *totals_ = nullptr;
     UsageSlot *slots_ = nullptr;
+    Hint hints_[1u << kHintBits] = {};
 };
 
 }  // namespace apikey

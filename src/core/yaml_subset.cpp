@@ -3,6 +3,7 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/mark.h>
 
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -19,6 +20,86 @@ struct Line {
 
 [[noreturn]] void bail(const char *why) { throw NotInSubset(why); }
 
+// The tags yaml-cpp gives: "?" for plain scalars and collections, "!" for
+// quoted scalars. Built once, not once per event.
+const std::string &plain_tag() {
+    static const std::string tag("?");
+    return tag;
+}
+const std::string &quoted_tag() {
+    static const std::string tag("!");
+    return tag;
+}
+
+// What the reader needs to know about the whole text first: whether it is
+// printable ASCII and newlines only, and whether a '#' appears anywhere (if
+// not, no line needs looking at for comments).
+struct TextScan {
+    bool printable = true;
+    bool has_hash = false;
+};
+
+TextScan scan_text(std::string_view text) noexcept {
+    const auto *p = reinterpret_cast<const unsigned char *>(text.data());
+    const std::size_t n = text.size();
+    std::size_t i = 0;
+    TextScan scan;
+#if defined(__GNUC__)
+    // 16 bytes at a time (GCC and Clang vector extensions: SSE2 on x86-64,
+    // NEON on arm64), 256 between two looks at the result.
+    typedef unsigned char Bytes __attribute__((vector_size(16)));
+    typedef signed char Flags __attribute__((vector_size(16)));
+    for (; i + 256 <= n; i += 256) {
+        Flags bad = {}, hash = {};
+        for (std::size_t k = 0; k < 256; k += 16) {
+            Bytes v;
+            std::memcpy(&v, p + i + k, sizeof v);
+            bad |= ((v < 0x20) & (v != '\n')) | (v >= 0x7f);
+            hash |= v == '#';
+        }
+        std::uint64_t words[4];
+        std::memcpy(words, &bad, 16);
+        std::memcpy(words + 2, &hash, 16);
+        if (words[0] | words[1]) {
+            scan.printable = false;
+            return scan;
+        }
+        if (words[2] | words[3]) scan.has_hash = true;
+    }
+#endif
+    for (; i < n; i++) {
+        const unsigned char u = p[i];
+        if ((u < 0x20 && u != '\n') || u >= 0x7f) {
+            scan.printable = false;
+            return scan;
+        }
+        if (u == '#') scan.has_hash = true;
+    }
+    return scan;
+}
+
+// Characters for is_safe_plain and key_colon, by what they may start or end.
+enum : unsigned char {
+    kIndicator = 1,  // may not start a plain scalar
+    kFlow = 2,       // ends a plain scalar inside a flow collection
+    kColon = 4,
+    kOpener = 8,  // a quote or flow opener: not a "key: value" line for the subset
+};
+
+struct CharTable {
+    unsigned char kind[256];
+    constexpr CharTable() : kind() {
+        for (char c : std::string_view("-?:,[]{}#&*!|>'\"%@`"))
+            kind[static_cast<unsigned char>(c)] |= kIndicator;
+        for (char c : std::string_view(",[]{}?")) kind[static_cast<unsigned char>(c)] |= kFlow;
+        kind[static_cast<unsigned char>(':')] |= kColon;
+        for (char c : std::string_view("\"'[{")) kind[static_cast<unsigned char>(c)] |= kOpener;
+    }
+};
+constexpr CharTable kChars;
+
+unsigned char kind_of(char c) noexcept { return kChars.kind[static_cast<unsigned char>(c)]; }
+
 bool is_null_word(std::string_view s) noexcept {
     return s == "~" || s == "null" || s == "Null" || s == "NULL";
 }
@@ -27,16 +108,23 @@ bool is_null_word(std::string_view s) noexcept {
 // first, nothing that could start a comment, a mapping or a flow item.
 bool is_safe_plain(std::string_view s, bool in_flow) noexcept {
     if (s.empty()) return false;
-    constexpr std::string_view indicators = "-?:,[]{}#&*!|>'\"%@`";
-    if (indicators.find(s.front()) != std::string_view::npos) return false;
+    if (kind_of(s.front()) & kIndicator) return false;
     if (s.back() == ':') return false;
-    for (std::size_t i = 0; i < s.size(); i++) {
-        char c = s[i];
-        if (c == ':' && i + 1 < s.size() && s[i + 1] == ' ') return false;
-        // yaml-cpp ends a plain scalar at '?' inside a flow collection.
-        if (in_flow && (c == ',' || c == '[' || c == ']' || c == '{' || c == '}' || c == '?')) {
-            return false;
+    if (!in_flow) {
+        // Only ": " matters: memchr skips to each ':' (a hash has one).
+        const char *p = s.data();
+        const char *end = p + s.size();
+        while ((p = static_cast<const char *>(std::memchr(p, ':', end - p))) != nullptr) {
+            if (++p < end && *p == ' ') return false;
         }
+        return true;
+    }
+    // yaml-cpp ends a plain scalar at '?' inside a flow collection.
+    for (std::size_t i = 0; i < s.size(); i++) {
+        const unsigned char kind = kind_of(s[i]);
+        if (!(kind & (kColon | kFlow))) continue;
+        if (kind & kFlow) return false;
+        if (i + 1 < s.size() && s[i + 1] == ' ') return false;  // ": "
     }
     return true;
 }
@@ -46,7 +134,11 @@ bool is_safe_plain(std::string_view s, bool in_flow) noexcept {
 template <bool Emit>
 class Reader {
 public:
-    Reader(std::string_view text, YAML::EventHandler *handler) : text_(text), h_(handler) {
+    Reader(std::string_view text, const TextScan &scan, YAML::EventHandler *handler)
+        : text_(text),
+          h_(handler),
+          views_(dynamic_cast<ScalarViewHandler *>(handler)),
+          has_hash_(scan.has_hash) {
         load_line();
     }
 
@@ -79,7 +171,8 @@ private:
     }
 
     // Moves to the next line that holds content; blank lines and full-line
-    // comments are skipped.
+    // comments are skipped. The text is printable ASCII and newlines
+    // (printable_text), so only a '#' in a content line is left to refuse.
     void load_line() {
         has_line_ = false;
         while (next_ < text_.size()) {
@@ -95,9 +188,8 @@ private:
             std::string_view content = raw.substr(indent);
             while (!content.empty() && content.back() == ' ') content.remove_suffix(1);
             if (content.empty() || content.front() == '#') continue;
-            for (char c : content) {
-                auto u = static_cast<unsigned char>(c);
-                if (u < 0x20 || u >= 0x7f || c == '#') bail("byte outside the subset");
+            if (has_hash_ && std::memchr(content.data(), '#', content.size()) != nullptr) {
+                bail("a comment after content");
             }
             if (number == 0 && (content.substr(0, 3) == "---" || content.front() == '%')) {
                 bail("document markers and directives");
@@ -118,9 +210,10 @@ private:
     // Offset of the ':' that makes content a "key: value" line, or npos.
     static std::size_t key_colon(std::string_view content) noexcept {
         for (std::size_t i = 0; i < content.size(); i++) {
-            char c = content[i];
-            if (c == '"' || c == '\'' || c == '[' || c == '{') return std::string_view::npos;
-            if (c == ':' && (i + 1 == content.size() || content[i + 1] == ' ')) return i;
+            const unsigned char kind = kind_of(content[i]);
+            if (!(kind & (kOpener | kColon))) continue;
+            if (kind & kOpener) return std::string_view::npos;
+            if (i + 1 == content.size() || content[i + 1] == ' ') return i;
         }
         return std::string_view::npos;
     }
@@ -151,7 +244,8 @@ private:
     }
 
     void map(std::size_t indent) {
-        emit(&YAML::EventHandler::OnMapStart, mark_at(0), "?", 0, YAML::EmitterStyle::Block);
+        emit(&YAML::EventHandler::OnMapStart, mark_at(0), plain_tag(), 0,
+             YAML::EmitterStyle::Block);
         while (has_line_ && line_.indent == indent) {
             std::size_t colon = key_colon(line_.content);
             if (colon == std::string_view::npos) bail("a map line without \"key:\"");
@@ -175,7 +269,8 @@ private:
     }
 
     void sequence(std::size_t indent) {
-        emit(&YAML::EventHandler::OnSequenceStart, mark_at(0), "?", 0, YAML::EmitterStyle::Block);
+        emit(&YAML::EventHandler::OnSequenceStart, mark_at(0), plain_tag(), 0,
+             YAML::EmitterStyle::Block);
         while (has_line_ && line_.indent == indent && is_item(line_.content)) {
             if (line_.content == "-") {
                 load_line();
@@ -209,7 +304,13 @@ private:
         if (!quoted && is_null_word(text)) {
             emit(&YAML::EventHandler::OnNull, m, 0);
         } else {
-            if constexpr (Emit) h_->OnScalar(m, quoted ? "!" : "?", 0, std::string(text));
+            if constexpr (Emit) {
+                if (views_ != nullptr) {
+                    views_->OnScalarView(m, quoted, text);
+                } else {
+                    h_->OnScalar(m, quoted ? quoted_tag() : plain_tag(), 0, std::string(text));
+                }
+            }
         }
     }
 
@@ -241,9 +342,10 @@ private:
         const char close = is_map ? '}' : ']';
         if (v.back() != close) bail("a flow collection that does not end on its line");
         if (is_map) {
-            emit(&YAML::EventHandler::OnMapStart, mark_at(at), "?", 0, YAML::EmitterStyle::Flow);
+            emit(&YAML::EventHandler::OnMapStart, mark_at(at), plain_tag(), 0,
+                 YAML::EmitterStyle::Flow);
         } else {
-            emit(&YAML::EventHandler::OnSequenceStart, mark_at(at), "?", 0,
+            emit(&YAML::EventHandler::OnSequenceStart, mark_at(at), plain_tag(), 0,
                  YAML::EmitterStyle::Flow);
         }
         std::string_view inner = v.substr(1, v.size() - 2);
@@ -302,6 +404,8 @@ private:
 
     std::string_view text_;
     YAML::EventHandler *h_;
+    ScalarViewHandler *views_;
+    bool has_hash_;
     int depth_ = 0;
     std::size_t next_ = 0;
     int line_count_ = 0;
@@ -315,12 +419,27 @@ void read_yaml_subset(std::string_view text, YAML::EventHandler &handler) {
     // Printable ASCII and newlines only, comments included: yaml-cpp guesses
     // the encoding from the first bytes (a NUL makes it UTF-16), and
     // everything else is its to read.
-    for (char c : text) {
-        const auto u = static_cast<unsigned char>(c);
-        if ((u < 0x20 && c != '\n') || u >= 0x7f) bail("a byte outside printable ASCII");
+    const TextScan scan = scan_text(text);
+    if (!scan.printable) bail("a byte outside printable ASCII");
+    Reader<false>(text, scan, nullptr).document();
+    Reader<true>(text, scan, &handler).document();
+}
+
+void read_yaml_subset_at_once(std::string_view text, YAML::EventHandler &handler) {
+    const TextScan scan = scan_text(text);
+    if (!scan.printable) bail("a byte outside printable ASCII");
+    Reader<true>(text, scan, &handler).document();
+}
+
+bool in_yaml_subset(std::string_view text) {
+    const TextScan scan = scan_text(text);
+    if (!scan.printable) return false;
+    try {
+        Reader<false>(text, scan, nullptr).document();
+    } catch (const NotInSubset &) {
+        return false;
     }
-    Reader<false>(text, nullptr).document();
-    Reader<true>(text, &handler).document();
+    return true;
 }
 
 }  // namespace apikey

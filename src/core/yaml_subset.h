@@ -16,7 +16,8 @@
 
 namespace YAML {
 class EventHandler;
-}
+struct Mark;
+}  // namespace YAML
 
 namespace apikey {
 
@@ -25,7 +26,26 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// Emits the document's events; throws NotInSubset, or whatever the handler throws.
+// A handler may also take scalars as views into the text, without a
+// std::string per scalar (tag "!" for quoted, "?" for plain, as OnScalar).
+class ScalarViewHandler {
+public:
+    virtual void OnScalarView(const YAML::Mark &mark, bool quoted, std::string_view value) = 0;
+
+protected:
+    ~ScalarViewHandler() = default;
+};
+
+// Emits the document's events; throws NotInSubset, or whatever the handler
+// throws. Nothing is emitted unless the whole text is in the subset.
 void read_yaml_subset(std::string_view text, YAML::EventHandler &handler);
+
+// The same in one pass, for a caller that can drop what it was given: the
+// events are emitted while the text is read, so NotInSubset may come after
+// some of them (never with other events than read_yaml_subset emits).
+void read_yaml_subset_at_once(std::string_view text, YAML::EventHandler &handler);
+
+// Whether read_yaml_subset would read the text (emits nothing).
+bool in_yaml_subset(std::string_view text);
 
 }  // namespace apikey
