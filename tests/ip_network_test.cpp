@@ -122,6 +122,7 @@ TEST(ParseNetwork, HostBitsAreRefusedNamingTheNetwork) {
 }
 
 TEST(ParseNetwork, MalformedInputsAreRefused) {
+    const std::string too_long(200, '1');  // outlives `bad`
     const char *bad[] = {
         "",
         "/",
@@ -154,7 +155,7 @@ TEST(ParseNetwork, MalformedInputsAreRefused) {
         ":::",
         "2001:db8::1/12a",
         "all",
-        std::string(200, '1').c_str(),
+        too_long.c_str(),
     };
     for (const char *text : bad) {
         EXPECT_NE(refusal(text), "") << "accepted \"" << text << "\"";

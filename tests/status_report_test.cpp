@@ -620,7 +620,8 @@ TEST(StatusPrometheus, BuildInfoIsAlwaysThereFirst) {
         EXPECT_EQ(info[0]->label("nginx"), "1.22.1");
         EXPECT_EQ(info[0]->value, "1");
     }
-    auto info = find(parse_prometheus(status_prometheus({})), "api_key_build_info");
+    const Exposition e = parse_prometheus(status_prometheus({}));  // outlives `info`
+    auto info = find(e, "api_key_build_info");
     ASSERT_EQ(info.size(), 1u);
     EXPECT_EQ(info[0]->label("nginx"), "unknown") << "no nginx version given";
 }

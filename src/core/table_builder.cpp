@@ -90,9 +90,11 @@ StrRef TableBuilder::store(std::string_view s) {
 }
 
 StrOff TableBuilder::store_counted(std::uint32_t line, std::string_view s) {
-    // Identifiers are at most 128 bytes (config_rules.h); a KeySpec made
-    // elsewhere gets the same answer as a file would.
-    if (s.size() > 0xff) throw KeyFileError(line, "a name longer than 255 bytes: " + quoted(s));
+    // Names from a file are identifiers of at most 128 bytes (config_rules.h);
+    // a longer one from elsewhere is refused, never cut.
+    if (s.size() > 0xff) {
+        throw KeyFileError(line, "a name longer than 255 bytes: " + quoted(s.substr(0, 64)));
+    }
     if (strings_.size() + 1 + s.size() > 0xffffffffu) {
         throw KeyFileError(line, "key file is too large");
     }
