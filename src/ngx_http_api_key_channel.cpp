@@ -1,17 +1,17 @@
 // Key channels (api_key_zone ... sync=REDIS channel=NAME): the key file
 // stays the source of truth, Redis is the bus. `apikeyctl publish` puts a
 // version of the file on the channel's stream, `apikeyctl revoke --publish`
-// a revocation; the sync thread reads the stream every tick
+// a revocation; the sync process reads the stream every tick
 // (core/key_channel.h), and this file applies what it read:
 //   - revocations go into the zone's overlay (core/revocation_overlay.h),
 //     which every worker's request path checks after the table lookup, and
 //     into a file beside the key file, so a restart keeps them;
 //   - a newer version is parsed by the module's own reader, written as the
 //     node's copy (atomically, beside the key file) and installed the way
-//     check= installs, from the thread, never the event loop.
+//     check= installs, from the sync process, never the event loop.
 // At start the newer of the key file and the copy is loaded, so a node that
 // comes back with Redis down serves the newest version it had applied.
-// Worker 0's timer logs what the thread did, once per change.
+// Worker 0's timer logs what the sync process did, once per change.
 
 #include <sys/stat.h>
 
@@ -368,9 +368,9 @@ bool channel_superseded(const KeyZone &zone, const apikey::FileIdentity &file) n
     return cs != nullptr && cs->local_file != apikey::FileIdentity{} && cs->local_file == file;
 }
 
-// The sync thread, once per tick, for one key zone.
+// The sync process, once per tick, for one key zone.
 
-// The sync thread, once per tick, for one key zone. A node catching up (a
+// The sync process, once per tick, for one key zone. A node catching up (a
 // restart reads the stream from its start) reads on while there is more,
 // up to a bound, so that it is current within a few ticks.
 void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected) noexcept {
@@ -410,7 +410,7 @@ void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected)
     apikey::owner_unlock(&cs->owner);
 }
 
-// Worker 0's timer: what the thread did, logged once per change.
+// Worker 0's timer: what the sync process did, logged once per change.
 void log_channel(KeyZone &zone, ngx_log_t *log) noexcept {
     const apikey::ChannelState *cs = zone.channel_state;
     if (cs == nullptr) return;

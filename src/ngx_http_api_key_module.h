@@ -110,7 +110,7 @@ struct KeyZone {
     bool loaded_copy = false;         // this configuration loaded the copy, superseding path
     apikey::FileIdentity local_file;  // path's version when the copy superseded it
     apikey::ChannelState *channel_state = nullptr;
-    // The sync thread's only: a version read but not installed yet.
+    // The sync process's only: a version read but not installed yet.
     apikey::TableImage pending_image;
     std::uint64_t pending_version = 0;
     bool read_failing = false;
@@ -136,7 +136,7 @@ struct LimitZoneShared {
     std::uint64_t magic;
     std::uint64_t table_offset;  // from the slab pool's start
     std::uint64_t table_bytes;
-    std::uint64_t sync_owner;  // owner_lock: one sync thread at a time (old and new workers)
+    std::uint64_t sync_owner;  // owner_lock: one sync process at a time (old and new workers)
 };
 
 // One api_key_limit_zone: rate-limit counters that outlive reloads.
@@ -217,14 +217,14 @@ ngx_int_t status_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
 
 // Process lifetime of cluster mode (ngx_http_api_key_sync.cpp): worker 0
-// runs the sync thread; every worker stops it at exit.
+// starts the sync process and stops it at exit.
 void start_sync(ngx_cycle_t *cycle) noexcept;
 void stop_sync(ngx_cycle_t *cycle) noexcept;
-// Threads' clock in ms: CLOCK_MONOTONIC, the clock of ngx_current_msec.
+// The sync process's clock in ms: CLOCK_MONOTONIC, the clock of ngx_current_msec.
 std::int64_t monotonic_ms() noexcept;
 
 // Key channels (ngx_http_api_key_channel.cpp): configuration, zone set-up,
-// the sync thread's tick for one key zone and the worker's log of it.
+// the sync process's tick for one key zone and the worker's log of it.
 bool configure_channel(ngx_conf_t *cf, KeyZone &zone) noexcept;
 bool init_channel(KeyZone &zone, bool reused, ngx_log_t *log) noexcept;
 void follow_channel_tick(KeyZone &zone, apikey::RedisLink &link, bool connected) noexcept;

@@ -1,29 +1,38 @@
-// Process lifetime of cluster mode: worker 0 of each configuration runs one
-// sync thread for all synced limit zones (one Redis connection per
-// api_key_redis, one batch per zone per interval). The thread never calls
-// nginx: it reads and writes the zones' shared memory, and a timer of the
-// worker logs its state changes. No request ever waits for it.
+// Process lifetime of cluster mode: worker 0 of each configuration forks
+// one sync process for all synced limit zones and key channels (one Redis
+// connection per api_key_redis, one batch per zone per interval). The sync
+// process never calls nginx: it reads and writes the zones' shared memory,
+// and a timer of worker 0 logs its state changes. No request ever waits
+// for it.
 //
-// At a reload the new worker 0 starts its own thread while the old one may
-// still run for an interval; each tick takes the zone's sync lock, so two
-// threads never sync one zone at once, and since the sync state lives in
-// the zone nothing is lost or counted twice.
+// A process, not a thread of worker 0: a process with a second thread runs
+// glibc's multi-threaded paths (locked malloc arenas, cancellation points
+// around every system call) for every request it serves, which cost about
+// 330 instructions a request in worker 0 (scripts/request-cost).
+//
+// Lifetime: the sync process holds one end of a socket pair, worker 0 the
+// other. It ends when that end reads end-of-file: worker 0 shut it down at
+// exit, or worker 0 is gone (whatever the way it died). Worker 0's timer
+// notices a sync process that died (the pair reads end-of-file) and starts
+// another. At a reload the new worker 0 starts its own while the old one
+// may still run until its worker exits; each tick takes the zone's sync
+// lock, so two never sync one zone at once, and since the sync state lives
+// in the zone nothing is lost or counted twice.
 
 #include <openssl/rand.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <map>
+#include <algorithm>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "core/grant_script.h"
 #include "core/owner_lock.h"
+#include "core/process_identity.h"
 #include "core/shm_atomic.h"
 #include "core/sync_batch.h"
 #include "core/sync_engine.h"
@@ -65,44 +74,127 @@ struct ChannelTarget {
     Link *link;
 };
 
-class SyncThread {
+class SyncProcess {
 public:
     static constexpr unsigned kMaxBatchesPerTick = 16;
 
-    bool running() const noexcept { return thread_.joinable(); }
-
-    bool start(std::vector<Target> targets, std::vector<ChannelTarget> channels,
-               std::vector<std::unique_ptr<Link>> links) noexcept {
+    void configure(std::vector<Target> targets, std::vector<ChannelTarget> channels,
+                   std::vector<std::unique_ptr<Link>> links) noexcept {
         targets_ = std::move(targets);
         channels_ = std::move(channels);
         links_ = std::move(links);
-        stop_ = false;
-        // Signals stay with the event loop: the thread starts with all blocked.
-        sigset_t all, previous;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &previous);
-        bool started = true;
-        try {
-            thread_ = std::thread([this] { run(); });
-        } catch (const std::exception &) {
-            started = false;
+        // Key channels are read every 100 ms, or each limit zone's interval if shorter.
+        interval_ms_ = 100;
+        for (const Target &t : targets_) {
+            interval_ms_ = std::min(interval_ms_, static_cast<int>(t.zone->sync.interval_ms));
         }
-        pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-        return started;
+        // A tick in flight may wait up to one timeout per Redis call.
+        stop_wait_ms_ = interval_ms_ + 100;
+        for (const auto &l : links_) {
+            stop_wait_ms_ += 2 * std::max(l->redis->endpoint.connect_timeout_ms,
+                                          l->redis->endpoint.timeout_ms);
+        }
     }
 
-    // Bounded by one batch: at most one timeout per Redis call in flight.
-    void stop() noexcept {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
+    bool running() const noexcept { return pid_ > 0; }
+
+    // In worker 0 only. False (errno set) when no process could be started.
+    bool start(ngx_cycle_t *cycle) noexcept {
+        int pair[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return false;
+        const pid_t parent = getpid();
+        const pid_t pid = fork();
+        if (pid < 0) {
+            const int err = errno;
+            close(pair[0]);
+            close(pair[1]);
+            errno = err;
+            return false;
         }
-        wake_.notify_all();
-        if (thread_.joinable()) thread_.join();
-        for (auto &l : links_) l->link->close();
+        if (pid == 0) {
+            close(pair[0]);
+            child(cycle, pair[1], parent);
+        }
+        close(pair[1]);
+        pid_ = pid;
+        fd_ = pair[0];
+        return true;
+    }
+
+    // Worker 0's timer: true once when the sync process has ended on its own.
+    bool ended() noexcept {
+        if (fd_ < 0) return false;
+        struct pollfd p = {fd_, POLLIN, 0};
+        if (poll(&p, 1, 0) <= 0) return false;
+        close(fd_);
+        fd_ = -1;
+        pid_ = -1;  // reaped by nginx's SIGCHLD handler
+        return true;
+    }
+
+    pid_t pid() const noexcept { return pid_; }
+
+    // At worker exit: the sync process finishes its tick and ends; one that
+    // does not within the bound is killed (its locks are taken over by the
+    // next owner, its files are replaced atomically).
+    void stop() noexcept {
+        if (fd_ < 0) return;
+        shutdown(fd_, SHUT_WR);
+        if (!wait_end(stop_wait_ms_)) {
+            kill(pid_, SIGKILL);
+            wait_end(1000);
+        }
+        close(fd_);
+        fd_ = -1;
+        pid_ = -1;
     }
 
 private:
+    bool wait_end(int ms) noexcept {
+        const std::int64_t deadline = monotonic_ms() + ms;
+        for (;;) {
+            const std::int64_t left = deadline - monotonic_ms();
+            if (left < 0) return false;
+            struct pollfd p = {fd_, POLLIN, 0};
+            const int n = poll(&p, 1, static_cast<int>(left));
+            if (n > 0) return true;  // end-of-file: its end closed when it exited
+            if (n < 0 && errno != EINTR) return false;
+        }
+    }
+
+    // The sync process: it must not keep anything of worker 0's open (a
+    // client connection it held would stay open after the worker closed
+    // it), nor take the signals nginx sends to the process group.
+    [[noreturn]] void child(ngx_cycle_t *cycle, int fd, pid_t parent) noexcept {
+        ngx_pid = getpid();
+        self_identity = apikey::this_process_identity();
+        for (int signo : {SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH, SIGIO, SIGALRM, SIGPIPE}) {
+            signal(signo, SIG_IGN);
+        }
+        for (int signo : {SIGTERM, SIGINT, SIGQUIT, SIGCHLD}) signal(signo, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        ngx_connection_t *c = cycle->connections;
+        for (ngx_uint_t i = 0; c != nullptr && i < cycle->connection_n; i++) {
+            if (c[i].fd != -1 && c[i].fd != fd) close(c[i].fd);
+        }
+        auto *ls = static_cast<ngx_listening_t *>(cycle->listening.elts);
+        for (ngx_uint_t i = 0; i < cycle->listening.nelts; i++) {
+            if (ls[i].fd != -1 && ls[i].fd != fd) close(ls[i].fd);
+        }
+        if (ngx_channel != -1 && ngx_channel != fd) close(ngx_channel);
+        // Forked before nginx closed the other processes' channels in this worker.
+        for (ngx_int_t i = 0; i < ngx_last_process; i++) {
+            for (ngx_socket_t s : ngx_processes[i].channel) {
+                if (s != -1 && s != fd) close(s);
+            }
+        }
+        ngx_setproctitle(const_cast<char *>("api_key sync process"));
+        run(fd, parent);
+        _exit(0);  // nothing of nginx's or C++'s exit handlers: they are worker 0's
+    }
+
     bool connected(Link &l, std::int64_t now) noexcept {
         if (l.link->connected()) return true;
         if (now < l.next_attempt_ms) return false;
@@ -152,31 +244,53 @@ private:
         if (up && !t.link->link->connected()) t.link->next_attempt_ms = 0;
     }
 
-    void run() noexcept {
+    // Ends when worker 0 shuts its end down or is gone.
+    void run(int fd, pid_t parent) noexcept {
         const apikey::RedisScript script(apikey::kGrantScript);
-        // Key channels are read every 100 ms, or each limit zone's interval if shorter.
-        std::uint32_t interval = 100;
-        for (const Target &t : targets_) interval = std::min(interval, t.zone->sync.interval_ms);
-        std::unique_lock<std::mutex> lock(mutex_);
-        while (!stop_) {
-            lock.unlock();
+        for (;;) {
             for (ChannelTarget &t : channels_) follow(t);
             for (Target &t : targets_) tick(t, script);
-            lock.lock();
-            wake_.wait_for(lock, std::chrono::milliseconds(interval), [this] { return stop_; });
+            struct pollfd p = {fd, POLLIN, 0};
+            const int n = poll(&p, 1, interval_ms_);
+            if (n > 0 || (n < 0 && errno != EINTR) || getppid() != parent) break;
         }
+        for (auto &l : links_) l->link->close();
     }
 
     std::vector<Target> targets_;
     std::vector<ChannelTarget> channels_;
     std::vector<std::unique_ptr<Link>> links_;
-    std::thread thread_;
-    std::mutex mutex_;
-    std::condition_variable wake_;
-    bool stop_ = false;
+    int interval_ms_ = 100;
+    int stop_wait_ms_ = 1000;
+    pid_t pid_ = -1;
+    int fd_ = -1;
 };
 
-SyncThread sync_thread;
+SyncProcess sync_process;
+
+// Started by worker 0; started again (at most once a second) when it ended
+// on its own, which nginx's SIGCHLD handler has logged with its status.
+std::int64_t sync_started_ms;
+
+bool start_sync_process(ngx_cycle_t *cycle, ngx_log_t *log) noexcept {
+    sync_started_ms = monotonic_ms();
+    if (!sync_process.start(cycle)) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno, "api_key: cannot start the sync process");
+        return false;
+    }
+    ngx_log_error(NGX_LOG_NOTICE, log, 0, "api_key: sync process %P started",
+                  static_cast<ngx_pid_t>(sync_process.pid()));
+    return true;
+}
+
+void watch_sync_process(ngx_log_t *log, std::int64_t now) noexcept {
+    if (sync_process.ended()) {
+        ngx_log_error(NGX_LOG_ALERT, log, 0, "api_key: the sync process ended unexpectedly");
+    }
+    if (!sync_process.running() && now - sync_started_ms >= 1000) {
+        start_sync_process(const_cast<ngx_cycle_t *>(ngx_cycle), log);
+    }
+}
 
 // Logs each zone's state change once (degraded, ok again), from worker 0.
 struct LoggedState {
@@ -206,7 +320,9 @@ void log_states(ngx_event_t *ev) noexcept {
         }
     }
     for (KeyZone *zone : logged_channels) log_channel(*zone, ev->log);
-    if (!ngx_exiting && !ngx_quit && !ngx_terminate) ngx_add_timer(ev, 200);
+    if (ngx_exiting || ngx_quit || ngx_terminate) return;
+    watch_sync_process(ev->log, now);
+    ngx_add_timer(ev, 200);
 }
 
 }  // namespace
@@ -245,15 +361,15 @@ void start_sync(ngx_cycle_t *cycle) noexcept {
             logged_channels.push_back(&zone);
         });
         if (targets.empty() && channels.empty()) return;
-        if (!sync_thread.start(std::move(targets), std::move(channels), std::move(links))) {
-            ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: cannot start the sync thread");
-            return;
-        }
+        sync_process.configure(std::move(targets), std::move(channels), std::move(links));
     } catch (const std::exception &e) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: cannot start the sync thread: %s",
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0, "api_key: cannot start the sync process: %s",
                       e.what());
         return;
     }
+    // Without it the zones stay degraded (logged by the timer); the timer
+    // tries again.
+    start_sync_process(cycle, cycle->log);
     ngx_memzero(&log_event, sizeof(log_event));
     log_event.handler = log_states;
     log_event.log = cycle->log;
@@ -261,6 +377,6 @@ void start_sync(ngx_cycle_t *cycle) noexcept {
     ngx_add_timer(&log_event, 200);
 }
 
-void stop_sync(ngx_cycle_t *) noexcept { sync_thread.stop(); }
+void stop_sync(ngx_cycle_t *) noexcept { sync_process.stop(); }
 
 }  // namespace ngx_api_key

@@ -53,6 +53,102 @@ SyncLedger fresh(std::uint32_t limit) {
 
 // ---- GrantLedger ------------------------------------------------------------
 
+// ledger_decide's lease fast path against the general path (ledger_admit
+// plus the documented mapping onto the window's decision), over random
+// ledgers that mostly take the fast path and often sit on its edges.
+TEST(GrantLedger, DecideMatchesAdmitEverywhere) {
+    std::uint64_t seed = 0x9e3779b97f4a7c15ull;
+    auto next = [&](std::uint64_t n) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        return seed % n;
+    };
+    auto pick64 = [&](std::int64_t base) -> std::int64_t {
+        switch (next(6)) {
+        case 0: return 0;
+        case 1: return base;
+        case 2: return base - 1;
+        case 3: return base + 1;
+        case 4: return base - static_cast<std::int64_t>(next(0x100000000ull));
+        default: return base + static_cast<std::int64_t>(next(5000));
+        }
+    };
+    auto pick32 = [&]() -> std::uint32_t {
+        switch (next(5)) {
+        case 0: return 0;
+        case 1: return 0xffffffffu;
+        case 2: return 0xfffffffeu;
+        default: return static_cast<std::uint32_t>(next(2000));
+        }
+    };
+    int fast = 0;
+    for (int i = 0; i < 200000; i++) {
+        const std::int64_t now = 1000000 + static_cast<std::int64_t>(next(100000));
+        SyncLedger l{};
+        l.limit = next(4) != 0 ? 1000 : pick32();
+        l.lease_left = next(4) != 0 ? 1 + static_cast<std::uint32_t>(next(50)) : pick32();
+        l.lease_until_ms = pick64(now);
+        l.lease_bucket = static_cast<std::int64_t>(next(1000));
+        l.give_back = pick32();
+        l.give_back_bucket = static_cast<std::int64_t>(next(1000));
+        l.unacked = next(3) == 0 ? pick32() : static_cast<std::uint32_t>(next(3));
+        l.inflight = static_cast<std::uint32_t>(next(3));
+        l.demand = next(8) == 0 ? pick32() : static_cast<std::uint32_t>(next(100));
+        l.view_total = next(6) == 0 ? kViewFull : static_cast<std::uint32_t>(next(1200));
+        l.seeded_gen = static_cast<std::uint32_t>(next(3) == 0 ? 1 : 0);
+        l.view_room_at_ms = pick64(now);
+        l.view_reset_at_ms = pick64(now);
+        l.unacked_at_ms = pick64(now);
+        l.demand_at_ms = pick64(now);
+        l.demand_gap_ms = next(3) == 0 ? 0 : pick32();
+        const LedgerContext ctx = at(
+            now, 0, next(5) == 0 ? LedgerMode::local_fallback : LedgerMode::cluster);
+        WindowDecision local = local_ok(1000, 1 + static_cast<std::uint32_t>(next(999)),
+                                        static_cast<std::uint32_t>(next(70)));
+        local.next_free_s = 1 + static_cast<std::uint32_t>(next(60));
+        local.counted_at_ms = now;
+        const bool commit = next(8) != 0;
+        const SyncConfig c = config(static_cast<std::uint32_t>(next(3)));
+
+        SyncLedger general = l;
+        const LedgerDecision want = ledger_admit(general, c, ctx, local, commit);
+        WindowDecision want_window = local;
+        if (want.allowed) {
+            want_window.remaining = want.remaining;
+            want_window.retry_after_s = 0;
+        } else {
+            want_window.allowed = false;
+            want_window.remaining = 0;
+            want_window.retry_after_s = want.retry_after_s;
+        }
+        want_window.reset_s = want.reset_s;
+        want_window.next_free_s = want.next_free_s;
+
+        SyncLedger decided = l;
+        WindowDecision got_window = local;
+        LedgerDecision got{};
+        const bool allowed = ledger_decide(decided, c, ctx, got_window, got, commit);
+        if (commit && got.via == LedgerVia::lease) fast++;
+        ASSERT_EQ(allowed, want.allowed) << i;
+        ASSERT_EQ(std::memcmp(&decided, &general, sizeof decided), 0) << i;
+        ASSERT_EQ(got.allowed, want.allowed) << i;
+        ASSERT_EQ(got.via, want.via) << i;
+        ASSERT_EQ(got.remaining, want.remaining) << i;
+        ASSERT_EQ(got.reset_s, want.reset_s) << i;
+        ASSERT_EQ(got.retry_after_s, want.retry_after_s) << i;
+        ASSERT_EQ(got.next_free_s, want.next_free_s) << i;
+        ASSERT_EQ(got.lease_until_ms, want.lease_until_ms) << i;
+        ASSERT_EQ(got.lease_bucket, want.lease_bucket) << i;
+        ASSERT_EQ(got_window.allowed, want_window.allowed) << i;
+        ASSERT_EQ(got_window.remaining, want_window.remaining) << i;
+        ASSERT_EQ(got_window.reset_s, want_window.reset_s) << i;
+        ASSERT_EQ(got_window.retry_after_s, want_window.retry_after_s) << i;
+        ASSERT_EQ(got_window.next_free_s, want_window.next_free_s) << i;
+    }
+    EXPECT_GT(fast, 20000) << "the fast path was taken";
+}
+
 TEST(GrantLedger, IsSmallAndPlain) {
     EXPECT_EQ(sizeof(SyncLedger), 96u);
     EXPECT_TRUE(std::is_trivially_copyable_v<SyncLedger>);

@@ -15,7 +15,7 @@
 
 namespace apikey::cli {
 
-// A CLI waits longer than a node's sync thread (50 ms): a person is
+// A CLI waits longer than a node's sync process (50 ms): a person is
 // waiting, and a chunk is up to 4 MiB.
 constexpr int kCliConnectTimeoutMs = 2000;
 constexpr int kCliCommandTimeoutMs = 5000;

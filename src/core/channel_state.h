@@ -4,7 +4,7 @@
 // the stream was last read (staleness), statistics for api_key_status, and
 // the revocation overlay (revocation_overlay.h) the request path checks.
 //
-// One sync thread at a time writes it (the `owner` lock: a reload's old and
+// One sync process at a time writes it (the `owner` lock: a reload's old and
 // new worker 0 may both run one for a moment); everyone else only reads the
 // words, through shm_atomic.h.
 #pragma once
@@ -25,7 +25,7 @@ struct ChannelState {
     std::uint64_t magic;
     std::uint32_t overlay_capacity;
     std::uint32_t reserved;
-    std::uint64_t owner;           // owner_lock: the sync thread following the channel
+    std::uint64_t owner;           // owner_lock: the sync process following the channel
     std::uint64_t loaded_version;  // newest published version applied (0: none)
     std::int64_t last_read_ms;     // monotonic ms of the last successful read (0: never)
     std::int64_t since_ms;         // monotonic ms when this node began to follow

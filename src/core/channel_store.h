@@ -28,7 +28,7 @@
 // No function throws; failures come back as false with a reason naming the
 // path. A write that failed only at the final directory fsync also returns
 // false ("written, but ..."): the new file is in place, and writing it again
-// is harmless. Written by worker 0's sync thread, read at start.
+// is harmless. Written by worker 0's sync process, read at start.
 #pragma once
 
 #include <cstddef>

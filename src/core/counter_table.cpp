@@ -318,6 +318,10 @@ CounterResult CounterTable::consume_new(std::uint64_t budget, WindowLimit limit,
                                                                 std::int64_t now_ms,
                                                                 bool commit) noexcept {
     r.synced = true;
+    if (commit && ledger_take_lease(ledgers_[r.slot], now_ms, load_acquire(&sync_->node.epoch_gen),
+                                    r.decision, r.ledger)) {
+        return;
+    }
     if (!ledger_decide(ledgers_[r.slot], sync_config_,
                        sync_context(sync_->node, sync_config_, now_ms), r.decision, r.ledger,
                        commit)) {

@@ -8,7 +8,7 @@
 // the zone's SyncNodeState after its header and a SyncLedger per slot, in an
 // array parallel to the slots (344 bytes per counter instead of 248), and
 // consume() runs the ledger (grant_ledger.h) under the slot lock after the
-// local window. The sync thread reads and settles the ledgers through
+// local window. The sync process reads and settles the ledgers through
 // sync_tick() (sync_engine.h). Unsynced tables are laid out and behave
 // exactly as before.
 #pragma once
@@ -46,7 +46,7 @@ struct CounterTableHeader {
 
 // A synced table's extension of the header, right after it (8-aligned):
 // the zone's sync configuration as formatted (adopt refuses another), the
-// sync thread's words and the node state. Written only by the sync thread
+// sync process's words and the node state. Written only by the sync process
 // (and format); the request path reads node.epoch_gen and
 // node.last_success_ms with atomic loads (sync_context).
 struct CounterSyncHeader {
@@ -125,7 +125,7 @@ public:
     // Synced tables only (else null / the defaults).
     const SyncConfig &sync_config() const noexcept { return sync_config_; }
     // The zone's node state (an all-zero one for unsynced tables), for
-    // sync_degraded() and status. Written by the sync thread only: read the
+    // sync_degraded() and status. Written by the sync process only: read the
     // statistics words with load_relaxed (shm_atomic.h).
     const SyncNodeState &sync_node() const noexcept;
 
@@ -137,7 +137,7 @@ public:
     // Synced: when the local window accepts, the ledger decides under the
     // same lock (ledger_admit); a ledger refusal takes the request back from
     // the local window, so it spends nothing. now_ms must be the clock the
-    // sync thread uses (the node's monotonic ms).
+    // sync process uses (the node's monotonic ms).
     CounterResult consume(std::uint64_t budget, WindowLimit limit, std::int64_t now_ms, bool commit,
                           std::uint64_t self) noexcept;
 
@@ -146,7 +146,7 @@ public:
     void refund(const CounterResult &result, std::uint64_t budget, std::uint64_t self) noexcept;
 
 private:
-    friend class SyncEngineAccess;  // sync_engine.cpp: the sync thread's view of the slots
+    friend class SyncEngineAccess;  // sync_engine.cpp: the sync process's view of the slots
 
     CounterTable(CounterTableHeader *header, CounterSlot *slots) noexcept
         : header_(header), slots_(slots) {}

@@ -7,11 +7,6 @@ namespace apikey {
 
 namespace {
 
-std::uint32_t ceil_seconds(std::int64_t ms) noexcept {
-    if (ms <= 0) return 0;
-    return static_cast<std::uint32_t>((ms + 999) / 1000);
-}
-
 std::uint32_t add_sat(std::uint32_t a, std::uint32_t b) noexcept {
     const std::uint64_t s = std::uint64_t{a} + b;
     return s > 0xffffffffu ? 0xffffffffu : static_cast<std::uint32_t>(s);
@@ -21,31 +16,7 @@ bool lease_valid(const SyncLedger &l, std::int64_t now) noexcept {
     return l.lease_left > 0 && now < l.lease_until_ms;
 }
 
-// The node's estimate of what this budget may still accept across the
-// cluster: the room at the last view, plus the lease it holds (recorded in
-// the view, but this node's to spend), less overdraft not in the view yet.
-[[gnu::always_inline]] inline std::uint32_t cluster_remaining(const SyncLedger &l,
-                                                              std::int64_t now) noexcept {
-    std::int64_t est = l.lease_left;
-    if (l.view_total != kViewFull) {
-        est += static_cast<std::int64_t>(l.limit) -
-               static_cast<std::int64_t>(ledger_view_total(l, now));
-    }
-    est -= l.unacked;
-    if (est < 0) return 0;
-    return est > l.limit ? l.limit : static_cast<std::uint32_t>(est);
-}
-
 }  // namespace
-
-std::uint64_t ledger_view_total(const SyncLedger &l, std::int64_t now) noexcept {
-    if (l.view_total == kViewFull) return kViewFull;
-    if (l.view_room_at_ms != 0 && now >= l.view_room_at_ms && l.limit > 0 &&
-        l.view_total >= l.limit) {
-        return l.limit - 1;
-    }
-    return l.view_total;
-}
 
 void ledger_init(SyncLedger &l, std::uint32_t epoch_gen) noexcept {
     l = SyncLedger{};
@@ -127,12 +98,12 @@ namespace {
     if (d.allowed) {
         d.remaining = local.remaining;
         if (d.via != LedgerVia::local) {
-            const std::uint32_t est = cluster_remaining(l, now);
+            const std::uint32_t est = ledger_cluster_remaining(l, now);
             if (est < d.remaining) d.remaining = est;
         }
         d.reset_s = local.reset_s;
-        if (d.via != LedgerVia::local && ceil_seconds(reset_ms) > d.reset_s) {
-            d.reset_s = ceil_seconds(reset_ms);
+        if (d.via != LedgerVia::local && ledger_ceil_seconds(reset_ms) > d.reset_s) {
+            d.reset_s = ledger_ceil_seconds(reset_ms);
         }
         d.next_free_s = local.next_free_s;
         return d;
@@ -142,10 +113,10 @@ namespace {
     std::int64_t wait = config.renew_ms();
     const bool full = ledger_view_total(l, now) + l.unacked >= l.limit;
     if (full && l.view_room_at_ms - now > wait) wait = l.view_room_at_ms - now;
-    d.retry_after_s = ceil_seconds(wait);
+    d.retry_after_s = ledger_ceil_seconds(wait);
     if (d.retry_after_s == 0) d.retry_after_s = 1;
     d.next_free_s = d.retry_after_s;
-    d.reset_s = ceil_seconds(reset_ms);
+    d.reset_s = ledger_ceil_seconds(reset_ms);
     if (local.reset_s > d.reset_s) d.reset_s = local.reset_s;
     return d;
 }
@@ -162,6 +133,7 @@ LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, Ledger
 
 bool ledger_decide(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
                    WindowDecision &decision, LedgerDecision &out, bool commit) noexcept {
+    if (commit && ledger_take_lease(ledger, ctx.now_ms, ctx.epoch_gen, decision, out)) return true;
     // (Built in place, the ledger's own or a dry run's copy decided inline.)
     if (commit) {
         ::new (static_cast<void *>(&out)) LedgerDecision(admit(ledger, config, ctx, decision));

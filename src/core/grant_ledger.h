@@ -153,7 +153,70 @@ void ledger_refresh(SyncLedger &ledger, std::uint32_t epoch_gen, std::int64_t no
 // is measured from when the reply ARRIVED, so a record is only ever treated
 // as gone after it really is. A quarantine view (kViewFull) never ages: its
 // totals were partial.
-std::uint64_t ledger_view_total(const SyncLedger &ledger, std::int64_t now_ms) noexcept;
+inline std::uint64_t ledger_view_total(const SyncLedger &l, std::int64_t now_ms) noexcept {
+    if (l.view_total == kViewFull) return kViewFull;
+    if (l.view_room_at_ms != 0 && now_ms >= l.view_room_at_ms && l.limit > 0 &&
+        l.view_total >= l.limit) {
+        return l.limit - 1;
+    }
+    return l.view_total;
+}
+
+inline std::uint32_t ledger_ceil_seconds(std::int64_t ms) noexcept {
+    if (ms <= 0) return 0;
+    return static_cast<std::uint32_t>((ms + 999) / 1000);
+}
+
+// The node's estimate of what this budget may still accept across the
+// cluster: the room at the last view, plus the lease it holds (recorded in
+// the view, but this node's to spend), less overdraft not in the view yet.
+inline std::uint32_t ledger_cluster_remaining(const SyncLedger &l, std::int64_t now_ms) noexcept {
+    std::int64_t est = l.lease_left;
+    if (l.view_total != kViewFull) {
+        est += static_cast<std::int64_t>(l.limit) -
+               static_cast<std::int64_t>(ledger_view_total(l, now_ms));
+    }
+    est -= l.unacked;
+    if (est < 0) return 0;
+    return est > l.limit ? l.limit : static_cast<std::uint32_t>(est);
+}
+
+// ledger_decide's common case, inline on the request path: a unit of a valid
+// lease, committed. Decides exactly as ledger_decide does when the rate is
+// unchanged, Redis has this budget's history (epoch_gen), the lease is valid
+// and the demand counters are in range, and then returns true; otherwise
+// changes nothing and returns false (ledger_decide then decides). The mode
+// is not needed: a valid lease is spent in every mode.
+inline bool ledger_take_lease(SyncLedger &l, std::int64_t now_ms, std::uint32_t epoch_gen,
+                              WindowDecision &decision, LedgerDecision &out) noexcept {
+    if (__builtin_expect(!(l.limit == decision.limit && l.seeded_gen == epoch_gen &&
+                           l.lease_left > 0 && now_ms < l.lease_until_ms && l.demand_at_ms != 0 &&
+                           now_ms >= l.demand_at_ms && l.demand != 0xffffffffu &&
+                           now_ms - l.demand_at_ms <= 0x7fffffff),
+                         0)) {
+        return false;
+    }
+    l.demand++;
+    const std::int64_t gap = now_ms - l.demand_at_ms;
+    const std::int64_t avg = l.demand_gap_ms;
+    l.demand_gap_ms = static_cast<std::uint32_t>(avg == 0 ? gap : avg + (gap - avg) / 4);
+    l.demand_at_ms = now_ms;
+    l.lease_left--;
+    const std::uint32_t est = ledger_cluster_remaining(l, now_ms);
+    if (est < decision.remaining) decision.remaining = est;
+    const std::uint32_t view_reset = ledger_ceil_seconds(l.view_reset_at_ms - now_ms);
+    if (view_reset > decision.reset_s) decision.reset_s = view_reset;
+    decision.retry_after_s = 0;
+    out.allowed = true;
+    out.via = LedgerVia::lease;
+    out.remaining = decision.remaining;
+    out.reset_s = decision.reset_s;
+    out.retry_after_s = 0;
+    out.next_free_s = decision.next_free_s;
+    out.lease_until_ms = l.lease_until_ms;
+    out.lease_bucket = l.lease_bucket;
+    return true;
+}
 
 // Moves `units` of the lease recorded in `bucket` to the give-back; when a
 // give-back for another bucket is already waiting they are dropped (left

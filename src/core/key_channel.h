@@ -1,7 +1,7 @@
 // The key channel: how a key file's changes reach every nginx node through
 // Redis. The key file stays the source of truth; Redis is only the bus.
 // apikeyctl publishes the file's current content as a version, and each
-// revocation as soon as it is written to the file; every node's sync thread
+// revocation as soon as it is written to the file; every node's sync process
 // follows the channel's stream (follow_channel, each tick), puts revocations
 // into its overlay at once and installs a newer version once it is fetched
 // and verified.

@@ -1,5 +1,5 @@
-// A blocking link to one Redis server, for the cluster-mode sync thread (and
-// the differential test of the grant script). The sync thread is the only
+// A blocking link to one Redis server, for the cluster-mode sync process (and
+// the differential test of the grant script). The sync process is the only
 // user: it is allowed to block, for at most the configured timeout per call,
 // because no request ever waits for it.
 //

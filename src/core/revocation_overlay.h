@@ -4,7 +4,7 @@
 // record, and only ever to refuse it: the overlay can take access away, never
 // grant it.
 //
-// Many processes read, one writer (worker 0's sync thread, under a lock the
+// Many processes read, one writer (worker 0's sync process, under a lock the
 // caller holds) writes. Readers never lock, allocate or make a system call:
 //   - Two buffers, each an open-addressing hash table of fixed slots with
 //     linear probing. One word in the header names the active buffer (and

@@ -2,7 +2,7 @@
 // zone's ledgers, sent to Redis as one grant-script call, and its reply (or
 // its failure) applied back to the ledgers.
 //
-// What the sync thread does every `interval`, for each synced zone:
+// What the sync process does every `interval`, for each synced zone:
 //
 //   SyncBatch batch;
 //   batch.begin(node, config, now, random64());
@@ -19,7 +19,7 @@
 // A batch is sent every tick even when no budget needs anything (then it is a
 // heartbeat of a few hundred bytes): it is how a node learns that Redis lost
 // its data, and it keeps `last_success_ms` fresh for fail=local. Only one
-// batch per zone is on the wire at a time (the thread waits for it).
+// batch per zone is on the wire at a time (the sync process waits for it).
 //
 // Failure: a batch without a (parsable) reply is ambiguous: Redis may or may
 // not have run it. Its overdraft stays unacked and is reported again (maybe
@@ -48,7 +48,7 @@
 namespace apikey {
 
 // Per synced zone, in the zone's shared memory (kept across reloads with the
-// zone). Written only by the sync thread; the request path reads epoch_gen
+// zone). Written only by the sync process; the request path reads epoch_gen
 // and last_success_ms with atomic loads (sync_context), the status page the
 // counters.
 struct SyncNodeState {
@@ -68,9 +68,9 @@ struct SyncNodeState {
     std::uint64_t reported;
     std::uint64_t last_batch_budgets;
     std::uint64_t quarantine_replies;
-    std::uint64_t last_batch_ms;     // how long the last batch took, send to reply (sync thread)
+    std::uint64_t last_batch_ms;     // how long the last batch took, send to reply (sync process)
     std::uint64_t refused_no_grant;  // requests refused for lack of a grant (request path, atomic)
-    // Per the last reply (sync thread): nodes, this one included, whose
+    // Per the last reply (sync process): nodes, this one included, whose
     // batches for this zone reached this Redis in the last kNodeSeenMs.
     std::uint64_t nodes_seen;
 };
@@ -81,7 +81,7 @@ static_assert(std::is_trivially_copyable_v<SyncNodeState>);
 // fail_after clock.
 void sync_node_init(SyncNodeState &node, std::uint64_t node_id, std::int64_t now_ms) noexcept;
 
-// What the request path needs from the zone (atomic loads: the sync thread
+// What the request path needs from the zone (atomic loads: the sync process
 // writes the state concurrently).
 LedgerContext sync_context(const SyncNodeState &node, const SyncConfig &config,
                            std::int64_t now_ms) noexcept;

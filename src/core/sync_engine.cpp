@@ -9,7 +9,7 @@
 
 namespace apikey {
 
-// CounterTable's friend: the slots and ledgers as the sync thread sees them.
+// CounterTable's friend: the slots and ledgers as the sync process sees them.
 class SyncEngineAccess {
 public:
     static CounterSyncHeader *sync(CounterTable &t) noexcept { return t.sync_; }

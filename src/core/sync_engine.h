@@ -1,4 +1,4 @@
-// Cluster mode, the sync thread's tick for one synced zone (a synced
+// Cluster mode, the sync process's tick for one synced zone (a synced
 // CounterTable): one batch built from the zone's ledgers, sent to Redis as
 // one grant-script call with no lock held, its reply (or failure) settled
 // back into the ledgers. See sync_batch.h for what a batch carries and
