@@ -902,7 +902,15 @@ ngx_int_t init_key_zone(ngx_shm_zone_t *shm_zone, void *data) noexcept {
     if (!init_channel(*zone, reused, shm_zone->shm.log)) return NGX_ERROR;
 
     std::string error;
-    if (!zone->shared.stage(zone->image, zone->file, zone->load_path, error)) {
+    bool staged = zone->shared.stage(zone->image, zone->file, zone->load_path, error);
+    // A table check= replaced moments ago may still be pinned by an idle
+    // worker, for kPinMs at most: wait that out before giving up.
+    for (ngx_msec_t waited = 0; !staged && waited <= 2 * kPinMs && zone->shared.has_retired();
+         waited += 10) {
+        ngx_msleep(10);
+        staged = zone->shared.stage(zone->image, zone->file, zone->load_path, error);
+    }
+    if (!staged) {
         const apikey::ZoneSizing sizing{ngx_pagesize, sizeof(ngx_slab_page_t)};
         ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
                       "api_key_zone \"%V\": %s; a zone of %uzk holds three tables of this file",
@@ -1162,6 +1170,13 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
                           apikey::kMaxReaders);
             joined = false;
         }
+        ngx_memzero(&zone.pin_event, sizeof(ngx_event_t));
+        zone.pin_event.handler = [](ngx_event_t *ev) {
+            static_cast<KeyZone *>(ev->data)->shared.drop_pin();
+        };
+        zone.pin_event.data = &zone;
+        zone.pin_event.log = cycle->log;
+        zone.pin_event.cancelable = 1;
         if (zone.check) {
             ngx_event_t *ev = &zone.check_event;
             ngx_memzero(ev, sizeof(ngx_event_t));

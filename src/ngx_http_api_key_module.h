@@ -81,6 +81,9 @@ private:
 // configuration time (so nginx -t and a reload report file errors with
 // their line), staged into the zone by init_zone and published only once
 // the whole cycle has succeeded (init_module).
+// How long a worker keeps its pin on a key zone's table (core/shared_tables.h).
+constexpr ngx_msec_t kPinMs = 100;
+
 struct KeyZone {
     ngx_str_t name;
     std::string path;
@@ -94,6 +97,10 @@ struct KeyZone {
     SlabMemory memory;
     apikey::SharedTables shared;  // this process's view of the zone
     ngx_event_t check_event;
+    // Drops the process's pin on the zone's table (core/shared_tables.h)
+    // kPinMs after it was taken, so that an idle or draining worker does
+    // not keep a replaced table in the zone.
+    ngx_event_t pin_event;
     KeyLoader loader;
 
     // Cluster mode (sync= channel=): versions and revocations published to

@@ -288,11 +288,16 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
 // Holds the zone's current table for the length of one decision.
 class TableHold {
 public:
-    explicit TableHold(KeyZone *zone) noexcept : zone_(zone), ref_(zone->shared.acquire()) {}
+    explicit TableHold(KeyZone *zone) noexcept : zone_(zone), ref_(zone->shared.acquire()) {
+        if (!zone->pin_event.timer_set && zone->shared.pinned()) {
+            ngx_add_timer(&zone->pin_event, kPinMs);
+        }
+    }
     ~TableHold() { zone_->shared.release(ref_); }
     TableHold(const TableHold &) = delete;
     TableHold &operator=(const TableHold &) = delete;
     const apikey::KeyTable &table() const noexcept { return ref_.table; }
+    bool valid() const noexcept { return ref_.valid; }
 
 private:
     KeyZone *zone_;
@@ -583,7 +588,7 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     auto *zone = static_cast<KeyZone *>(lcf->zone->data);
     TableHold hold(zone);
     const apikey::KeyTable &table = hold.table();
-    if (!table.valid()) return d;  // internal_error: no table, refuse
+    if (!hold.valid()) return d;  // internal_error: no table, refuse
 
     apikey::KeyCollector keys = collect_key(r, lcf, ctx);
     d.key_sent = keys.state() != apikey::KeyCollector::State::none;

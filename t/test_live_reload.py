@@ -467,6 +467,62 @@ class LiveReloadSwapsTest(LiveCase):
         self.assertNoReload()
 
 
+class IdlePinTest(LiveCase):
+    """A worker keeps the table it read last pinned after its requests (so
+    that the next request costs no store to shared memory), but never for
+    long: once check= replaces the table, the old one is freed within a
+    few hundred ms although no keyed request comes to either worker again
+    (README "Reloads and key rotation"). Without the workers' pin timer the
+    idle workers would keep it until their next keyed request."""
+
+    CHECK = "100ms"
+    CHECK_S = 0.1
+    ZONE = "4m"
+    HTTP = HTTP.replace("            empty_gif;", "            add_header X-Worker $pid;\n"
+                        "            empty_gif;")
+
+    def prepare(self):
+        # Tables of many pages: bytes_free counts whole free pages.
+        for i in range(2000):
+            self.kf.add("bulk_%d" % i, key="jfi_sk_live_%040d" % i)
+
+    def test_replaced_table_freed_without_requests(self):
+        marker = self.kf.add("marker", plan="pro")
+        t0 = self.write()
+        self.wait_outcome(marker, (200, None), t0, what="the marker key")
+        # Every worker serves a keyed request, and so pins the table.
+        seen = set()
+        deadline = time.monotonic() + 5
+        while seen != self.workers and time.monotonic() < deadline:
+            r = self.nginx.get("/", bearer(self.k1))
+            self.assertEqual(r.status, 200)
+            seen.add(int(r.headers["X-Worker"]))
+        self.assertEqual(seen, self.workers, "both workers served a keyed request")
+        time.sleep(5 * self.CHECK_S)  # earlier tables are freed: one table in the zone
+        st = zone_status(self.nginx)
+        gen, free0 = st["generation"], st["bytes_free"]
+
+        # The same size of file, another hash: the new table has the old one's size.
+        self.kf.record("marker")["hash"] = key_hash(new_key())
+        self.write()
+        st = self.wait_generation(gen + 1, timeout=3.0)
+        self.assertEqual(st["generation"], gen + 1, "the new version is loaded")
+        started = time.monotonic()
+        freed_after = None
+        while time.monotonic() - started < 2.0:
+            if zone_status(self.nginx)["bytes_free"] >= free0:
+                freed_after = time.monotonic() - started
+                break
+            time.sleep(0.02)
+        print("\n    replaced table freed %s after the new one was in force, "
+              "no keyed request meanwhile" % ("%.0f ms" % (freed_after * 1000)
+                                              if freed_after is not None else "never (2 s)"))
+        self.assertIsNotNone(freed_after, "the replaced table is freed within 2 s with both "
+                             "workers idle (pins are dropped within 100 ms; check= reclaims)")
+        self.assertEqual(outcome(self.nginx, self.k1), (200, None))
+        self.assertNoReload()
+
+
 # --------------------------------------------------------------------------
 # a request held in flight: it keeps the table it started with
 

@@ -213,6 +213,103 @@ TEST(SharedTables, AReaderKeepsItsTableUntilItReleasesIt) {
     EXPECT_EQ(z.memory.allocations(), kFixed + 1);
 }
 
+// A pin (the generation left in the slot after a request) keeps a table
+// that is still current without any store; it goes as soon as a request
+// ends on a replaced table, or when drop_pin() is called with none running.
+TEST(SharedTables, APinOutlivesItsRequestOnlyWhileItsTableIsCurrent) {
+    Zone z;
+    ASSERT_TRUE(z.shared.join(this_process_identity()));
+    const std::uint64_t config = reload(z.shared, 3, 1);
+    const ReaderSlot *slot = nullptr;
+    for (const ReaderSlot &r : z.state->readers) {
+        if (r.owner == this_process_identity()) slot = &r;
+    }
+    ASSERT_NE(slot, nullptr);
+    auto held = [&](std::uint64_t generation) {
+        int n = 0;
+        for (std::uint64_t g : slot->held) n += g == generation;
+        return n;
+    };
+
+    SharedTables::Ref ref = z.shared.acquire();
+    EXPECT_TRUE(ref.valid);
+    z.shared.release(ref);
+    EXPECT_TRUE(z.shared.pinned());
+    EXPECT_EQ(held(1), 1) << "pinned after the request";
+    ref = z.shared.acquire();
+    EXPECT_EQ(ref.generation, 1u);
+    EXPECT_EQ(ref.table.key_count(), 3u);
+    z.shared.release(ref);
+    EXPECT_EQ(held(1), 1);
+
+    // Replaced while pinned, with no request running: the pin keeps it
+    // until dropped, and only it.
+    std::string error;
+    ASSERT_EQ(z.shared.install(image_of(4), file_version(2), "/k", config, 1, error),
+              InstallResult::installed);
+    EXPECT_EQ(z.shared.reclaim(), 0u) << "an idle pin still protects the replaced table";
+    z.shared.drop_pin();
+    EXPECT_FALSE(z.shared.pinned());
+    EXPECT_EQ(held(1), 0);
+    EXPECT_EQ(z.shared.reclaim(), 1u);
+
+    // Replaced while a request holds it: the pin goes when the request ends.
+    ref = z.shared.acquire();
+    EXPECT_EQ(ref.generation, 2u);
+    ASSERT_EQ(z.shared.install(image_of(5), file_version(3), "/k", config, 1, error),
+              InstallResult::installed);
+    EXPECT_EQ(z.shared.reclaim(), 0u);
+    z.shared.drop_pin();
+    EXPECT_TRUE(z.shared.pinned()) << "never dropped under a running request";
+    z.shared.release(ref);
+    EXPECT_FALSE(z.shared.pinned());
+    EXPECT_EQ(z.shared.reclaim(), 1u);
+
+    // The next request pins the current table; the pin moves with it.
+    ref = z.shared.acquire();
+    EXPECT_EQ(ref.table.key_count(), 5u);
+    z.shared.release(ref);
+    EXPECT_EQ(held(3), 1);
+    ASSERT_EQ(z.shared.install(image_of(6), file_version(4), "/k", config, 1, error),
+              InstallResult::installed);
+    ref = z.shared.acquire();
+    EXPECT_EQ(ref.table.key_count(), 6u);
+    z.shared.release(ref);
+    EXPECT_EQ(held(3), 0) << "the old pin went with the new one";
+    EXPECT_EQ(held(4), 1);
+    EXPECT_EQ(z.shared.reclaim(), 1u);
+
+    z.shared.leave();
+    EXPECT_FALSE(z.shared.pinned());
+    z.shared.reclaim();
+    EXPECT_EQ(z.memory.allocations(), kFixed + 1);
+    EXPECT_EQ(z.memory.bad_frees(), 0);
+}
+
+// Nested holds (a subrequest deciding while its parent's table is held,
+// say) of a pinned table, and of a new one after a swap.
+TEST(SharedTables, NestedHoldsAcrossASwapKeepEveryTableTheyRead) {
+    Zone z;
+    ASSERT_TRUE(z.shared.join(this_process_identity()));
+    const std::uint64_t config = reload(z.shared, 3, 1);
+    SharedTables::Ref outer = z.shared.acquire();
+    SharedTables::Ref inner = z.shared.acquire();
+    std::string error;
+    ASSERT_EQ(z.shared.install(image_of(4), file_version(2), "/k", config, 1, error),
+              InstallResult::installed);
+    SharedTables::Ref newest = z.shared.acquire();
+    EXPECT_EQ(newest.table.key_count(), 4u);
+    z.shared.release(inner);
+    EXPECT_EQ(z.shared.reclaim(), 0u);
+    EXPECT_EQ(outer.table.key_count(), 3u);
+    z.shared.release(outer);
+    EXPECT_EQ(z.shared.reclaim(), 1u) << "the old table goes with its last holder";
+    EXPECT_EQ(newest.table.key_count(), 4u);
+    z.shared.release(newest);
+    EXPECT_TRUE(z.shared.pinned());
+    EXPECT_EQ(z.memory.bad_frees(), 0);
+}
+
 TEST(SharedTables, ATableHeldByADeadProcessIsFreed) {
     Zone z;
     const std::uint64_t config = reload(z.shared, 3, 1);
@@ -289,6 +386,7 @@ TEST(SharedTables, ConcurrentReadersAndWritersNeverSeeAFreedTableOrLeakOne) {
                 return;
             }
             std::uint64_t last_generation = 0;
+            unsigned rounds = 0;
             while (!stop.load()) {
                 SharedTables::Ref ref = view.acquire();
                 const std::uint32_t keys = ref.table.key_count();
@@ -300,6 +398,7 @@ TEST(SharedTables, ConcurrentReadersAndWritersNeverSeeAFreedTableOrLeakOne) {
                 Digest d = sha256("key-" + std::to_string(keys - 1));
                 if (ref.table.find(d) == nullptr) broken++;
                 view.release(ref);
+                if (++rounds % 64 == 0) view.drop_pin();  // the module's pin timer
             }
             view.leave();
         });

@@ -166,6 +166,13 @@ bool SharedTables::stage(const TableImage &image, const FileIdentity &file, std:
 
 bool SharedTables::has_staged() const noexcept { return load_seq(&state_->staged) != 0; }
 
+bool SharedTables::has_retired() const noexcept {
+    for (const RetiredTable &r : state_->retired) {
+        if (load_seq(&r.offset) != 0) return true;
+    }
+    return false;
+}
+
 std::uint64_t SharedTables::publish_staged(std::int64_t now) noexcept {
     WriterLock lock(&state_->writer_lock);
     const std::uint64_t offset = state_->staged;
@@ -272,6 +279,8 @@ void SharedTables::leave() noexcept {
     for (std::uint64_t &g : slot_->held) store_seq(&g, std::uint64_t{0});
     store_seq(&slot_->owner, std::uint64_t{0});
     slot_ = nullptr;
+    pin_entry_ = -1;
+    for (std::uint32_t &c : counts_) c = 0;
 }
 
 void SharedTables::set_floor(std::uint64_t floor) noexcept {
@@ -279,7 +288,7 @@ void SharedTables::set_floor(std::uint64_t floor) noexcept {
     if (load_relaxed(&slot_->floor) != floor) store_seq(&slot_->floor, floor);
 }
 
-SharedTables::Ref SharedTables::acquire() noexcept {
+SharedTables::Ref SharedTables::acquire_and_pin() noexcept {
     Ref ref;
     if (slot_ != nullptr) {
         const std::uint64_t floor = load_seq(&state_->generation);
@@ -289,6 +298,7 @@ SharedTables::Ref SharedTables::acquire() noexcept {
     if (table == nullptr) return ref;
     ref.table = KeyTable(table + 1);
     ref.generation = table->generation;
+    ref.valid = ref.table.valid();
     if (slot_ == nullptr) return ref;
 
     int free_entry = -1;
@@ -306,6 +316,15 @@ SharedTables::Ref SharedTables::acquire() noexcept {
     }
     if (ref.entry >= 0) {
         counts_[ref.entry]++;
+        // The new pin replaces the old one (whose entry may just have been
+        // reused for it); the old one's table is no longer current.
+        if (pin_entry_ >= 0 && pin_entry_ != ref.entry && counts_[pin_entry_] == 0) {
+            store_seq(&slot_->held[pin_entry_], std::uint64_t{0});
+        }
+        pin_entry_ = ref.entry;
+        pin_offset_ = static_cast<std::uint64_t>(reinterpret_cast<const unsigned char *>(table) -
+                                                 memory_->base());
+        pin_ = ref;
     } else {
         // More distinct generations in flight than entries: keep a floor.
         ref.entry = kOverflow;
@@ -316,16 +335,21 @@ SharedTables::Ref SharedTables::acquire() noexcept {
     return ref;
 }
 
-void SharedTables::release(Ref &ref) noexcept {
+void SharedTables::release_slow(Ref &ref) noexcept {
     if (ref.entry == kOverflow) {
         if (overflow_count_ > 0 && --overflow_count_ == 0) {
             overflow_floor_ = kNoGeneration;
             set_floor(kNoGeneration);
         }
     } else if (ref.entry >= 0 && counts_[ref.entry] > 0 && --counts_[ref.entry] == 0) {
-        store_seq(&slot_->held[ref.entry], std::uint64_t{0});
+        store_seq(&slot_->held[ref.entry], std::uint64_t{0});  // not the pin's (release)
     }
-    ref.entry = -1;
+}
+
+void SharedTables::drop_pin() noexcept {
+    if (pin_entry_ < 0 || counts_[pin_entry_] != 0) return;
+    store_seq(&slot_->held[pin_entry_], std::uint64_t{0});
+    pin_entry_ = -1;
 }
 
 void SharedTables::record_failure(const FileIdentity &file, std::int64_t now,

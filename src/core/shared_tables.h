@@ -15,8 +15,14 @@
 //     hold a table only while they decide (they copy what they keep), so
 //     no client can hold one for long. Slots of processes that died, or
 //     whose pid was reused, are ignored.
-// Request paths take no lock: one atomic load, a few local counters, one
-// store to the process's own slot.
+// Request paths take no lock. A process keeps the generation of the table
+// it read last published in its slot after the request ends (a pin), so
+// while the table stays current a request costs one atomic load and a
+// local counter, with no store at all; a pin is dropped when a request
+// ends on a table that is no longer current, and by drop_pin(), which
+// the module calls within 100 ms of the process's last pin, so that an
+// idle or draining worker does not keep a replaced table from being
+// freed for longer.
 //
 // Writers (the master at a reload, a worker's loader thread under check=)
 // take one writer lock for the short copy-and-publish; generations only
@@ -33,6 +39,7 @@
 #include <type_traits>
 
 #include "key_table.h"
+#include "shm_atomic.h"
 #include "table_builder.h"
 #include "usage_table.h"
 
@@ -133,7 +140,8 @@ public:
     struct Ref {
         KeyTable table;
         std::uint64_t generation = 0;
-        int entry = -1;  // local reference entry, -1: none held
+        int entry = -1;      // local reference entry, -1: none held
+        bool valid = false;  // table.valid(), known once per table (it never changes)
     };
 
     SharedTables() noexcept = default;
@@ -158,6 +166,8 @@ public:
     // The cycle failed: the staged table is freed, nothing else changes.
     void discard_staged() noexcept;
     bool has_staged() const noexcept;
+    // A replaced table is waiting for its readers to let go.
+    bool has_retired() const noexcept;
 
     // check=: copies the image into the zone and makes it current, unless
     // the configuration in force is no longer `config` (superseded: a
@@ -172,9 +182,33 @@ public:
     bool join(std::uint64_t owner) noexcept;
     void leave() noexcept;
 
-    // The current table, held until release(). Lock-free.
-    Ref acquire() noexcept;
-    void release(Ref &ref) noexcept;
+    // The current table, held until release(). Lock-free; while the
+    // pinned table is current, one load and no store.
+    Ref acquire() noexcept {
+        if (pin_entry_ >= 0 && load_seq(&state_->current) == pin_offset_) {
+            // The pin's generation has been in this slot since an earlier
+            // acquire, so the table at pin_offset_ cannot have been freed
+            // (nor the offset given to another table): it is the pinned one.
+            counts_[pin_entry_]++;
+            return pin_;
+        }
+        return acquire_and_pin();
+    }
+    void release(Ref &ref) noexcept {
+        if (ref.entry >= 0 && ref.entry == pin_entry_) {
+            // The pin stays while its table is current.
+            if (--counts_[ref.entry] == 0 && load_seq(&state_->current) != pin_offset_) {
+                drop_pin();
+            }
+        } else {
+            release_slow(ref);
+        }
+        ref.entry = -1;
+    }
+    // Releases the pin unless a request holds the table: the next acquire
+    // pins the current table again.
+    void drop_pin() noexcept;
+    bool pinned() const noexcept { return pin_entry_ >= 0; }
 
     // A failed load of this file version. A file that is wrong waits for
     // the next change; a load that found no room (transient) is retried.
@@ -199,6 +233,8 @@ private:
     static constexpr int kOverflow = -2;  // Ref::entry of a request counted under the floor
 
     void set_floor(std::uint64_t floor) noexcept;
+    Ref acquire_and_pin() noexcept;
+    void release_slow(Ref &ref) noexcept;
     const PublishedTable *current() const noexcept;
     void *copy_in(const TableImage &image, std::string &error) noexcept;
     // Makes the table at `offset` current; the writer lock is held.
@@ -216,6 +252,11 @@ private:
     std::uint32_t counts_[kHeldPerReader] = {};
     std::uint32_t overflow_count_ = 0;
     std::uint64_t overflow_floor_ = kNoGeneration;
+    // The pinned table: its entry in counts_/slot_->held (-1: none), the
+    // offset it has in the zone and what acquire returns for it.
+    int pin_entry_ = -1;
+    std::uint64_t pin_offset_ = 0;
+    Ref pin_;
 };
 
 }  // namespace apikey
