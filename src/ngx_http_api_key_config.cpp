@@ -745,6 +745,10 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
         if (bearer == nullptr) return conf_error();
         *bearer = Source{ngx_null_string};
     }
+    for (const Source &s : items<Source>(conf->sources)) {
+        conf->bearer_source |= s.header.len == 0;
+        conf->header_sources |= s.header.len != 0;
+    }
 
     if (!make_challenge(cf, conf)) return conf_error();
     if (conf->zone == nullptr) return conf_ok();
@@ -802,6 +806,20 @@ bool is_carrier_variable(const ApiKeyMainConf *amcf, const ngx_str_t &variable) 
     return false;
 }
 
+// A variable whose value is one of the key's facts (the others, such as
+// $api_key_error, need nothing from the table).
+bool is_fact_variable(const ngx_str_t &variable) noexcept {
+    static const ngx_str_t facts[] = {ngx_string("api_key_id"), ngx_string("api_key_owner"),
+                                      ngx_string("api_key_organization_id"),
+                                      ngx_string("api_key_plan"), ngx_string("api_key_scopes")};
+    for (const ngx_str_t &f : facts) {
+        if (variable.len == f.len && ngx_strncasecmp(variable.data, f.data, f.len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 // sync=NAME names an api_key_redis (declared anywhere in http{}).
 RedisConf *find_redis(ngx_conf_t *cf, const ngx_str_t &name) noexcept {
     for (RedisConf *r : items<RedisConf *>(&main_conf(cf)->redis)) {
@@ -854,6 +872,7 @@ ngx_int_t postconfiguration(ngx_conf_t *cf) noexcept {
         ngx_http_conf_get_module_main_conf(cf, ngx_http_api_key_module));
     const auto *vars = static_cast<const ngx_http_variable_t *>(cmcf->variables.elts);
     for (ngx_uint_t i = 0; i < cmcf->variables.nelts; i++) {
+        if (is_fact_variable(vars[i].name)) amcf->facts_indexed = true;
         if (!is_carrier_variable(amcf, vars[i].name)) continue;
         auto *index = static_cast<ngx_uint_t *>(ngx_array_push(&amcf->carrier_variables));
         if (index == nullptr) return NGX_ERROR;

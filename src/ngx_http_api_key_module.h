@@ -185,6 +185,11 @@ struct ApiKeyMainConf {
     // Indexes of the $http_* variables that name a key's header, cleared
     // when the header is hidden (their cached values hold the key).
     ngx_array_t carrier_variables;  // of ngx_uint_t
+    // A key's facts ($api_key_id, _owner, _organization_id, _plan, _scopes)
+    // are read through indexed variables (a log format, set, map...): each
+    // decision copies them. Otherwise they are copied only if a variable
+    // is looked up by name at run time (SSI echo, njs).
+    bool facts_indexed;
     ngx_array_t source_headers;     // of ngx_str_t: every header=NAME of api_key_source
     ngx_array_t redis;              // of RedisConf *
 };
@@ -192,6 +197,8 @@ struct ApiKeyMainConf {
 struct ApiKeyLocConf {
     ngx_shm_zone_t *zone;      // NULL: api_key off
     ngx_array_t *sources;      // of Source
+    bool bearer_source;        // sources has bearer (set at merge)
+    bool header_sources;       // sources has a header=NAME (set at merge)
     ngx_array_t *scope_rules;  // of ScopeRuleConf
     ngx_array_t *plans;        // of ngx_str_t
     ngx_uint_t environment;

