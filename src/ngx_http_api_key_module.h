@@ -190,8 +190,8 @@ struct ApiKeyMainConf {
     // decision copies them. Otherwise they are copied only if a variable
     // is looked up by name at run time (SSI echo, njs).
     bool facts_indexed;
-    ngx_array_t source_headers;     // of ngx_str_t: every header=NAME of api_key_source
-    ngx_array_t redis;              // of RedisConf *
+    ngx_array_t source_headers;  // of ngx_str_t: every header=NAME of api_key_source
+    ngx_array_t redis;           // of RedisConf *
 };
 
 struct ApiKeyLocConf {

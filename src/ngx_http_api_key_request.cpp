@@ -258,15 +258,16 @@ apikey::KeyCollector collect_key(ngx_http_request_t *r, const ApiKeyLocConf *lcf
 }
 
 // Syntax, prefix and SHA-256 (or the digest memo), once per key and zone
-// in a request, however many locations and subrequests look at it.
+// in a request, however many locations and subrequests look at it. `note`:
+// the memo's note of the key in this table, when the memo knew the key.
 Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &table,
-                 std::string_view key, bool &remember) noexcept {
+                 std::string_view key, bool &remember, apikey::MemoNote *&note) noexcept {
     remember = false;
+    note = nullptr;
     if (key.data() == ctx->key_data && key.size() == ctx->key_len && zone == ctx->identified_in) {
         return ctx->presented;
     }
     apikey::Identity id;
-    apikey::MemoNote *note = nullptr;
     if (key.size() <= apikey::kMaxKeyLength && key_digests.find(key, id.digest, note)) {
         // What identify_key does with the memo (a remembered key passed the
         // syntax check), and the environment as the memo noted it when it
@@ -279,6 +280,8 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
         } else if (table.environment_of(key, id.environment)) {
             id.outcome = Outcome::accepted;
             *note = {build, static_cast<std::uint8_t>(id.environment)};
+        } else {
+            note = nullptr;
         }
     } else {
         id = apikey::identify_key(table, key);  // syntax, prefix, SHA-256
@@ -623,13 +626,14 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     d.key_sent = keys.state() != apikey::KeyCollector::State::none;
     if (!d.key_sent && lcf->optional) return anonymous(r, ctx, reports, d);
     bool remember = false;
+    apikey::MemoNote *note = nullptr;
     Outcome presented = Outcome::missing_key;
     switch (keys.state()) {
     case apikey::KeyCollector::State::none: break;
     case apikey::KeyCollector::State::malformed: presented = Outcome::invalid_key; break;
     case apikey::KeyCollector::State::multiple: presented = Outcome::multiple_keys; break;
     case apikey::KeyCollector::State::one:
-        presented = identify(ctx, zone, table, keys.key(), remember);
+        presented = identify(ctx, zone, table, keys.key(), remember, note);
         break;
     }
 
@@ -638,8 +642,17 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     if (presented == Outcome::accepted) {
         // The address as realip left it; read only for a key with allowed_ips.
         const apikey::ClientSource client{apikey::socket_client_address, r->connection->sockaddr};
-        verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
-                                            ngx_time(), client);
+        if (note != nullptr && note->record != apikey::MemoNote::kNoRecord) {
+            // The memo noted where this key's digest is in this very table.
+            verdict = lcf->policy->check_record(table, table.record(note->record), ctx->environment,
+                                                method_of(r), ngx_time(), client);
+        } else {
+            verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
+                                                ngx_time(), client);
+            if (note != nullptr && verdict.record != nullptr) {
+                note->record = table.index_of(*verdict.record);
+            }
+        }
     }
     // After the memo, so a remembered key cannot pass it by.
     if (zone->channel_state != nullptr && verdict.record != nullptr) {
@@ -649,7 +662,8 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     // real ones out of the memo.
     if (verdict.record != nullptr && remember) {
         key_digests.remember(keys.key(), ctx->digest,
-                             {table.build_id(), static_cast<std::uint8_t>(ctx->environment)});
+                             {table.build_id(), static_cast<std::uint8_t>(ctx->environment),
+                              table.index_of(*verdict.record)});
     }
     d.outcome = verdict.outcome;
     d.missing_scope = verdict.missing_scope;
@@ -661,7 +675,7 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
         ctx->counted = true;
         zone->shared.usage().count(verdict.record ? table.text(verdict.record->id)
                                                   : std::string_view(),
-                                   d.outcome, ngx_time());
+                                   d.outcome, ngx_time(), table.build_id());
     }
 
     if (reports) {
@@ -1129,8 +1143,8 @@ void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
 
 // Read from the key's record (the config's is_fact_variable names them).
 bool is_fact(Var var) noexcept {
-    return var == Var::id || var == Var::owner || var == Var::organization_id ||
-           var == Var::plan || var == Var::scopes;
+    return var == Var::id || var == Var::owner || var == Var::organization_id || var == Var::plan ||
+           var == Var::scopes;
 }
 
 ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data) noexcept {

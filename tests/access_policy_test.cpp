@@ -179,6 +179,39 @@ TEST_F(AccessPolicyTest, CheckDigestForAnIdentifiedKey) {
     EXPECT_EQ(u.record, nullptr);
 }
 
+// check_record (the glue's path when the digest memo noted the record)
+// answers as check_digest does, for every key of the table, under policies
+// of every kind of check and at times around the keys' dates.
+TEST_F(AccessPolicyTest, CheckRecordAnswersAsCheckDigest) {
+    std::vector<AccessPolicy> policies;
+    policies.emplace_back(std::vector<ScopeRule>{}, std::vector<std::string>{},
+                          RequiredEnvironment::any);
+    policies.emplace_back(std::vector<ScopeRule>{{kAnyMethod, {"diagrams:read"}}},
+                          std::vector<std::string>{"pro"}, RequiredEnvironment::live);
+    policies.emplace_back(std::vector<ScopeRule>{{kGet, {"folders:read", "diagrams:write"}}},
+                          std::vector<std::string>{}, RequiredEnvironment::test);
+    int compared = 0;
+    for (AccessPolicy &p : policies) {
+        for (std::uint32_t i = 0; i < table_.key_count(); i++) {
+            const KeyRecord &record = table_.record(i);
+            for (std::int64_t now : {kNow - 100, kNow - 1, kNow, kNow + 1, kNow + 7200}) {
+                for (Environment env : {Environment::live, Environment::test}) {
+                    for (unsigned method : {kGet, kPost}) {
+                        const Verdict a = p.check_digest(table_, record.hash, env, method, now);
+                        const Verdict b = p.check_record(table_, record, env, method, now);
+                        ASSERT_EQ(a.outcome, b.outcome) << table_.text(record.id) << " " << now;
+                        ASSERT_EQ(a.record, b.record);
+                        ASSERT_EQ(a.environment, b.environment);
+                        ASSERT_EQ(a.missing_scope, b.missing_scope);
+                        compared++;
+                    }
+                }
+            }
+        }
+    }
+    EXPECT_EQ(compared, 3 * static_cast<int>(table_.key_count()) * 5 * 2 * 2);
+}
+
 // ---- Order: revoked -> expired -> environment -> plan -> scopes
 
 TEST_F(AccessPolicyTest, RevokedAndExpiredIsRevoked) {

@@ -342,6 +342,27 @@ TEST(UsageTable, AnIdAtAnAddressThatHeldAnotherCountsAsItself) {
     EXPECT_EQ(used_slots(heap.table).at(std::string(kMaxTrackedId, 'x')).copy.count[kAccepted], 3u);
 }
 
+TEST(UsageTable, ASourceThatNeverChangesSkipsTheCompareAnotherDoesNot) {
+    // With a source (the key table's build id), an id found at an address
+    // before is known by the address; text of another source at the same
+    // address (a replaced table) is compared again.
+    HeapTable heap(64);
+    char text[16];
+    std::memcpy(text, "key_a", 5);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 1, 11);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 2, 11);
+    std::memcpy(text, "key_b", 5);  // another table (source 12) at the same address
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 3, 12);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 4, 12);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 5, 0);  // no source: compared
+    std::memcpy(text, "key_a", 5);
+    heap.table.count(std::string_view(text, 5), Outcome::accepted, 6, 13);
+    const auto used = used_slots(heap.table);
+    ASSERT_EQ(used.size(), 2u);
+    EXPECT_EQ(used.at("key_a").copy.count[kAccepted], 3u);
+    EXPECT_EQ(used.at("key_b").copy.count[kAccepted], 3u);
+}
+
 // ---- Concurrency: threads stand in for worker processes.
 
 constexpr int kThreads = 8;

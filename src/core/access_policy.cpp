@@ -87,13 +87,22 @@ Verdict AccessPolicy::check(const KeyTable &table, std::string_view key, unsigne
 Verdict AccessPolicy::check_digest(const KeyTable &table, const Digest &digest,
                                    Environment environment, unsigned method, std::int64_t now,
                                    ClientSource client) noexcept {
-    Verdict v;
-    v.environment = environment;
     const KeyRecord *record = table.find(digest);
     if (record == nullptr) {
+        Verdict v;
+        v.environment = environment;
         v.outcome = Outcome::invalid_key;
         return v;
     }
+    return check_record(table, *record, environment, method, now, client);
+}
+
+Verdict AccessPolicy::check_record(const KeyTable &table, const KeyRecord &found,
+                                   Environment environment, unsigned method, std::int64_t now,
+                                   ClientSource client) noexcept {
+    Verdict v;
+    v.environment = environment;
+    const KeyRecord *record = &found;
     v.record = record;
     if (record->revoked_at() <= now) {
         v.outcome = Outcome::revoked_key;

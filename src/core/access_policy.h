@@ -73,6 +73,10 @@ public:
     // unknown one (no source, a unix socket) matches none of them.
     Verdict check_digest(const KeyTable &table, const Digest &digest, Environment environment,
                          unsigned method, std::int64_t now, ClientSource client = {}) noexcept;
+    // The same after the lookup, for a record the caller found before by
+    // this key's digest in this very table (tables never change).
+    Verdict check_record(const KeyTable &table, const KeyRecord &record, Environment environment,
+                         unsigned method, std::int64_t now, ClientSource client = {}) noexcept;
 
     bool checks_plan() const noexcept { return !plans_.empty(); }
 

@@ -44,12 +44,15 @@ std::array<std::uint8_t, 16> aes128_cmac(const std::uint8_t key[16],
 
 // What a caller keeps beside a key's digest, for its own use: the glue
 // keeps the key table (its build id) in which it last read the key's
-// environment, and the environment, so that the next request of the key in
-// the same table skips the prefix lookup.
+// environment, the environment and the key's record there, so that the next
+// request of the key in the same table skips the prefix and digest lookups.
 struct MemoNote {
+    static constexpr std::uint32_t kNoRecord = ~std::uint32_t{0};
     std::uint64_t table = 0;  // 0: none
     std::uint8_t value = 0;
+    std::uint32_t record = kNoRecord;  // the key's record in that table, by index
 };
+static_assert(sizeof(MemoNote) == 16);
 
 class KeyDigestCache {
 public:

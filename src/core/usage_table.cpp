@@ -92,26 +92,30 @@ UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
     return nullptr;
 }
 
-UsageSlot *UsageTable::slot_for(std::string_view key_id) noexcept {
+UsageSlot *UsageTable::slot_for(std::string_view key_id, std::uint64_t source) noexcept {
     if (key_id.size() > kMaxTrackedId) key_id = key_id.substr(0, kMaxTrackedId);
     const auto address = reinterpret_cast<std::uintptr_t>(key_id.data());
     Hint &hint = hints_[(address * 0x9e3779b97f4a7c15ull) >> (64 - kHintBits)];
-    if (hint.id == key_id.data() && hint.slot->id_len == key_id.size() &&
-        same_bytes(hint.slot->id, key_id.data(), key_id.size())) {
+    // Slots are never given to another id, so the same unchanging text
+    // finds the same slot.
+    if (hint.id == key_id.data() && ((source != 0 && hint.source == source) ||
+                                     (hint.slot->id_len == key_id.size() &&
+                                      same_bytes(hint.slot->id, key_id.data(), key_id.size())))) {
         return hint.slot;
     }
     UsageSlot *s = find_or_claim(key_id);
     // Only a slot whose id is written: the check above reads it.
-    if (s != nullptr && load_acquire(&s->ready)) hint = {key_id.data(), s};
+    if (s != nullptr && load_acquire(&s->ready)) hint = {key_id.data(), source, s};
     return s;
 }
 
-void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t now) noexcept {
+void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t now,
+                       std::uint64_t source) noexcept {
     if (totals_ == nullptr) return;
     const auto o = static_cast<std::size_t>(outcome);
     add(&totals_->count[o]);
     if (key_id.empty()) return;
-    UsageSlot *s = slot_for(key_id);
+    UsageSlot *s = slot_for(key_id, source);
     if (s == nullptr) {
         add(&totals_->untracked);
         return;

@@ -51,8 +51,12 @@ public:
     UsageTable() noexcept = default;
     bool valid() const noexcept { return totals_ != nullptr; }
 
-    // One request; key_id empty when no key record was found.
-    void count(std::string_view key_id, Outcome outcome, std::int64_t now) noexcept;
+    // One request; key_id empty when no key record was found. `source`,
+    // when not 0, names memory whose text never changes (a key table's
+    // build id): an id found there at the same address before is known
+    // without comparing it again.
+    void count(std::string_view key_id, Outcome outcome, std::int64_t now,
+               std::uint64_t source = 0) noexcept;
 
     const UsageTotals &totals() const noexcept { return *totals_; }
     std::uint64_t capacity() const noexcept { return totals_->capacity; }
@@ -66,13 +70,14 @@ private:
     // it is used: a table replaced since may hold another id there.
     struct Hint {
         const char *id;
+        std::uint64_t source;
         UsageSlot *slot;
     };
     static constexpr unsigned kHintBits = 6;
 
     UsageTable(UsageTotals *totals, UsageSlot *slots) noexcept : totals_(totals), slots_(slots) {}
     UsageSlot *find_or_claim(std::string_view key_id) noexcept;
-    UsageSlot *slot_for(std::string_view key_id) noexcept;
+    UsageSlot *slot_for(std::string_view key_id, std::uint64_t source) noexcept;
 
     UsageTotals *totals_ = nullptr;
     UsageSlot *slots_ = nullptr;
