@@ -699,12 +699,16 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
         }
     }
 
-    ngx_str_t id = ngx_null_string;
-    if (verdict.record != nullptr) id = literal(table.text(verdict.record->id));
-    ngx_log_debug4(
-        NGX_LOG_DEBUG_HTTP, r->connection->log, 0, "api key: \"%s\" in \"%V\"%s, key id \"%V\"",
-        apikey::describe(d.outcome).code.data(), &zone->name, is_main ? "" : " (subrequest)", &id);
-    if (d.outcome != Outcome::accepted) log_refusal(r, lcf, d.outcome, id);
+    // The key id only for a line that is written: most requests log none.
+    if (d.outcome != Outcome::accepted || (r->connection->log->log_level & NGX_LOG_DEBUG_HTTP)) {
+        ngx_str_t id = ngx_null_string;
+        if (verdict.record != nullptr) id = literal(table.text(verdict.record->id));
+        ngx_log_debug4(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "api key: \"%s\" in \"%V\"%s, key id \"%V\"",
+                       apikey::describe(d.outcome).code.data(), &zone->name,
+                       is_main ? "" : " (subrequest)", &id);
+        if (d.outcome != Outcome::accepted) log_refusal(r, lcf, d.outcome, id);
+    }
     return d;
 }
 
