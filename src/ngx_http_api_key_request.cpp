@@ -352,9 +352,10 @@ apikey::BudgetIdMemo budget_ids;
 // spent again.
 Outcome apply_limits(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
                      const KeyZone *key_zone, const apikey::KeyTable &table,
-                     const apikey::KeyRecord &record, LimitReport &report) noexcept {
+                     const apikey::KeyRecord &record, unsigned method,
+                     LimitReport &report) noexcept {
     const std::string_view category = apikey::request_category(to_view(lcf->limit_category),
-                                                               method_of(r));
+                                                               method);
     const apikey::LimitPlan plan(static_cast<const apikey::ConfiguredLimit *>(lcf->limits->elts),
                                  lcf->limits->nelts, category, table, record,
                                  static_cast<apikey::LimitBy>(lcf->limit_by), key_zone->budget_salt,
@@ -639,15 +640,16 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
 
     apikey::Verdict verdict;
     verdict.outcome = presented;
+    const unsigned method = method_of(r);
     if (presented == Outcome::accepted) {
         // The address as realip left it; read only for a key with allowed_ips.
         const apikey::ClientSource client{apikey::socket_client_address, r->connection->sockaddr};
         if (note != nullptr && note->record != apikey::MemoNote::kNoRecord) {
             // The memo noted where this key's digest is in this very table.
             verdict = lcf->policy->check_record(table, table.record(note->record), ctx->environment,
-                                                method_of(r), ngx_time(), client);
+                                                method, ngx_time(), client);
         } else {
-            verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method_of(r),
+            verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method,
                                                 ngx_time(), client);
             if (note != nullptr && verdict.record != nullptr) {
                 note->record = table.index_of(*verdict.record);
@@ -668,7 +670,7 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     d.outcome = verdict.outcome;
     d.missing_scope = verdict.missing_scope;
     if (d.outcome == Outcome::accepted && lcf->limits != nullptr) {
-        d.outcome = apply_limits(r, lcf, ctx, zone, table, *verdict.record, limit);
+        d.outcome = apply_limits(r, lcf, ctx, zone, table, *verdict.record, method, limit);
     }
 
     if (!ctx->counted) {
