@@ -18,7 +18,7 @@ import time
 import unittest
 
 from harness import bearer, new_key
-from test_live_reload import HTTP as LIVE_HTTP, LiveCase, SlowUpstream, zone_status
+from test_live_reload import HTTP as LIVE_HTTP, HeldRequestCase, zone_status
 
 ECHO = ("[<!--# echo var=\"api_key_id\" default=\"\" -->|"
         "<!--# echo var=\"api_key_owner\" default=\"\" -->|"
@@ -49,15 +49,12 @@ def facts(body):
     return inner.split("|")
 
 
-class FactsCase(LiveCase):
+class FactsCase(HeldRequestCase):
+    """check=100ms and a slow upstream at {slow} (HeldRequestCase), the pages."""
+
     HTTP = HTTP
-    CHECK = "100ms"
-    CHECK_S = 0.1
 
     def setUp(self):
-        self.slow = SlowUpstream()
-        self.addCleanup(self.slow.close)
-        self.VARS = {"slow": self.slow.port}
         super().setUp()
         self.nginx.write_file("html/page/facts.html", ECHO + "\n")
         self.nginx.write_file("html/open/facts.html", ECHO + "\n")
