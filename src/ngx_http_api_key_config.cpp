@@ -806,20 +806,6 @@ bool is_carrier_variable(const ApiKeyMainConf *amcf, const ngx_str_t &variable) 
     return false;
 }
 
-// A variable whose value is one of the key's facts (the others, such as
-// $api_key_error, need nothing from the table).
-bool is_fact_variable(const ngx_str_t &variable) noexcept {
-    static const ngx_str_t facts[] = {ngx_string("api_key_id"), ngx_string("api_key_owner"),
-                                      ngx_string("api_key_organization_id"),
-                                      ngx_string("api_key_plan"), ngx_string("api_key_scopes")};
-    for (const ngx_str_t &f : facts) {
-        if (variable.len == f.len && ngx_strncasecmp(variable.data, f.data, f.len) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
 // sync=NAME names an api_key_redis (declared anywhere in http{}).
 RedisConf *find_redis(ngx_conf_t *cf, const ngx_str_t &name) noexcept {
     for (RedisConf *r : items<RedisConf *>(&main_conf(cf)->redis)) {

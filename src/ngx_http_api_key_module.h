@@ -77,13 +77,13 @@ private:
     std::atomic<bool> done_{false};
 };
 
+// How long a worker keeps its pin on a key zone's table (core/shared_tables.h).
+constexpr ngx_msec_t kPinMs = 100;
+
 // One api_key_zone, in the cycle pool. The table image is parsed at
 // configuration time (so nginx -t and a reload report file errors with
 // their line), staged into the zone by init_zone and published only once
 // the whole cycle has succeeded (init_module).
-// How long a worker keeps its pin on a key zone's table (core/shared_tables.h).
-constexpr ngx_msec_t kPinMs = 100;
-
 struct KeyZone {
     ngx_str_t name;
     std::string path;
@@ -229,6 +229,8 @@ ngx_int_t subrequest_access_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t header_filter(ngx_http_request_t *r) noexcept;
 ngx_int_t status_handler(ngx_http_request_t *r) noexcept;
 ngx_int_t add_variables(ngx_conf_t *cf) noexcept;
+// $api_key_id, _owner, _organization_id, _plan or _scopes: read from the key's record.
+bool is_fact_variable(const ngx_str_t &name) noexcept;
 
 // Process lifetime of cluster mode (ngx_http_api_key_sync.cpp): worker 0
 // starts the sync process and stops it at exit.

@@ -1147,7 +1147,7 @@ void set_value(ngx_http_variable_value_t *v, std::string_view s) noexcept {
     v->not_found = 0;
 }
 
-// Read from the key's record (the config's is_fact_variable names them).
+// Read from the key's record.
 bool is_fact(Var var) noexcept {
     return var == Var::id || var == Var::owner || var == Var::organization_id || var == Var::plan ||
            var == Var::scopes;
@@ -1204,22 +1204,34 @@ ngx_int_t variable(ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_
     return NGX_OK;
 }
 
+constexpr std::pair<std::string_view, Var> kVariables[] = {
+    {"api_key_id", Var::id},
+    {"api_key_owner", Var::owner},
+    {"api_key_organization_id", Var::organization_id},
+    {"api_key_plan", Var::plan},
+    {"api_key_environment", Var::environment},
+    {"api_key_scopes", Var::scopes},
+    {"api_key_error", Var::error},
+    {"api_key_request_id", Var::request_id},
+    {"api_key_limit_remaining", Var::limit_remaining},
+    {"api_key_sync_stale", Var::sync_stale},
+};
+
 }  // namespace
 
+bool is_fact_variable(const ngx_str_t &name) noexcept {
+    for (const auto &[n, which] : kVariables) {
+        if (is_fact(which) && name.len == n.size() &&
+            ngx_strncasecmp(name.data, reinterpret_cast<u_char *>(const_cast<char *>(n.data())),
+                            n.size()) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 ngx_int_t add_variables(ngx_conf_t *cf) noexcept {
-    static const std::pair<std::string_view, Var> vars[] = {
-        {"api_key_id", Var::id},
-        {"api_key_owner", Var::owner},
-        {"api_key_organization_id", Var::organization_id},
-        {"api_key_plan", Var::plan},
-        {"api_key_environment", Var::environment},
-        {"api_key_scopes", Var::scopes},
-        {"api_key_error", Var::error},
-        {"api_key_request_id", Var::request_id},
-        {"api_key_limit_remaining", Var::limit_remaining},
-        {"api_key_sync_stale", Var::sync_stale},
-    };
-    for (const auto &[name, which] : vars) {
+    for (const auto &[name, which] : kVariables) {
         ngx_str_t n = literal(name);
         ngx_http_variable_t *var = ngx_http_add_variable(cf, &n, NGX_HTTP_VAR_NOCACHEABLE);
         if (var == nullptr) return NGX_ERROR;
