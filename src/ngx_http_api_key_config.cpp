@@ -764,9 +764,14 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
         }
         std::vector<std::string> plans;
         for (const ngx_str_t &s : items<ngx_str_t>(conf->plans)) plans.push_back(to_string(s));
+        // Numbered per configuration: a worker serves one configuration.
+        auto *amcf = static_cast<ApiKeyMainConf *>(
+            ngx_http_conf_get_module_main_conf(cf, ngx_http_api_key_module));
+        const ngx_uint_t memo_id = ++amcf->policies <= 0xffff ? amcf->policies : 0;
         conf->policy = pool_new<apikey::AccessPolicy>(
             cf->pool, std::move(rules), std::move(plans),
-            static_cast<apikey::RequiredEnvironment>(conf->environment));
+            static_cast<apikey::RequiredEnvironment>(conf->environment),
+            static_cast<std::uint16_t>(memo_id));
     } catch (const std::exception &e) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "api_key: %s", e.what());
         return conf_error();

@@ -190,6 +190,7 @@ struct ApiKeyMainConf {
     // decision copies them. Otherwise they are copied only if a variable
     // is looked up by name at run time (SSI echo, njs).
     bool facts_indexed;
+    ngx_uint_t policies;         // AccessPolicy objects built, their memo ids 1, 2, ...
     ngx_array_t source_headers;  // of ngx_str_t: every header=NAME of api_key_source
     ngx_array_t redis;           // of RedisConf *
 };

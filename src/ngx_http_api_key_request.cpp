@@ -644,15 +644,26 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     if (presented == Outcome::accepted) {
         // The address as realip left it; read only for a key with allowed_ips.
         const apikey::ClientSource client{apikey::socket_client_address, r->connection->sockaddr};
+        apikey::AccessPolicy &policy = *lcf->policy;
         if (note != nullptr && note->record != apikey::MemoNote::kNoRecord) {
-            // The memo noted where this key's digest is in this very table.
-            verdict = lcf->policy->check_record(table, table.record(note->record), ctx->environment,
-                                                method, ngx_time(), client);
+            // The memo noted where this key's digest is in this very table,
+            // and maybe that this policy accepted it there.
+            const apikey::KeyRecord &record = table.record(note->record);
+            if (policy.accepted_as_noted(*note, record, method, ngx_time())) {
+                verdict.outcome = Outcome::accepted;
+                verdict.environment = ctx->environment;
+                verdict.record = &record;
+            } else {
+                verdict = policy.check_record(table, record, ctx->environment, method, ngx_time(),
+                                              client);
+                if (verdict.outcome == Outcome::accepted) policy.note_acceptance(*note, method);
+            }
         } else {
-            verdict = lcf->policy->check_digest(table, ctx->digest, ctx->environment, method,
-                                                ngx_time(), client);
+            verdict = policy.check_digest(table, ctx->digest, ctx->environment, method, ngx_time(),
+                                          client);
             if (note != nullptr && verdict.record != nullptr) {
                 note->record = table.index_of(*verdict.record);
+                if (verdict.outcome == Outcome::accepted) policy.note_acceptance(*note, method);
             }
         }
     }
@@ -663,9 +674,12 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
     // Only keys the table knows are remembered: random keys cannot push
     // real ones out of the memo.
     if (verdict.record != nullptr && remember) {
-        key_digests.remember(keys.key(), ctx->digest,
-                             {table.build_id(), static_cast<std::uint8_t>(ctx->environment),
-                              table.index_of(*verdict.record)});
+        apikey::MemoNote first;
+        first.table = table.build_id();
+        first.value = static_cast<std::uint8_t>(ctx->environment);
+        first.record = table.index_of(*verdict.record);
+        if (verdict.outcome == Outcome::accepted) lcf->policy->note_acceptance(first, method);
+        key_digests.remember(keys.key(), ctx->digest, first);
     }
     d.outcome = verdict.outcome;
     d.missing_scope = verdict.missing_scope;

@@ -212,6 +212,89 @@ TEST_F(AccessPolicyTest, CheckRecordAnswersAsCheckDigest) {
     EXPECT_EQ(compared, 3 * static_cast<int>(table_.key_count()) * 5 * 2 * 2);
 }
 
+// A noted acceptance (the glue's path when the memo's note says this
+// policy accepted the record for this method) never accepts what
+// check_record would refuse, at any later time, for any policy and method;
+// and it does accept again when nothing but the time moved and the record
+// still passes.
+TEST_F(AccessPolicyTest, ANotedAcceptanceAcceptsOnlyWhatCheckRecordAccepts) {
+    std::vector<AccessPolicy> policies;
+    policies.emplace_back(std::vector<ScopeRule>{}, std::vector<std::string>{},
+                          RequiredEnvironment::any, std::uint16_t{1});
+    policies.emplace_back(std::vector<ScopeRule>{{kAnyMethod, {"diagrams:read"}}},
+                          std::vector<std::string>{"pro"}, RequiredEnvironment::live,
+                          std::uint16_t{2});
+    policies.emplace_back(std::vector<ScopeRule>{{kGet, {"folders:read", "diagrams:write"}}},
+                          std::vector<std::string>{}, RequiredEnvironment::test, std::uint16_t{3});
+    const std::int64_t times[] = {kNow - 100, kNow - 1, kNow, kNow + 1, kNow + 7200};
+    int noted = 0, reused = 0;
+    for (AccessPolicy &p : policies) {
+        for (std::uint32_t i = 0; i < table_.key_count(); i++) {
+            const KeyRecord &record = table_.record(i);
+            for (std::int64_t then : times) {
+                for (Environment env : {Environment::live, Environment::test}) {
+                    for (unsigned method : {kGet, kPost}) {
+                        if (p.check_record(table_, record, env, method, then).outcome !=
+                            Outcome::accepted) {
+                            continue;
+                        }
+                        MemoNote note;
+                        note.table = table_.build_id();
+                        note.value = static_cast<std::uint8_t>(env);
+                        note.record = i;
+                        p.note_acceptance(note, method);
+                        noted++;
+                        for (AccessPolicy &q : policies) {
+                            for (std::int64_t now : times) {
+                                if (now < then) continue;
+                                for (unsigned m : {kGet, kPost, kHead}) {
+                                    const bool again = q.accepted_as_noted(note, record, m, now);
+                                    const Outcome checked =
+                                        q.check_record(table_, record, env, m, now).outcome;
+                                    if (again) {
+                                        ASSERT_EQ(checked, Outcome::accepted)
+                                            << table_.text(record.id) << " " << now;
+                                        reused++;
+                                    }
+                                    // Same policy, same method: only the time
+                                    // moved, so what check_record accepts is
+                                    // accepted again.
+                                    if (&q == &p && m == method) {
+                                        ASSERT_EQ(again, checked == Outcome::accepted)
+                                            << table_.text(record.id) << " " << now;
+                                    } else {
+                                        ASSERT_FALSE(again);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    EXPECT_GT(noted, 20);
+    EXPECT_GT(reused, 20);
+}
+
+// A note without an acceptance, or one from a policy numbered 0, is never
+// taken for an acceptance.
+TEST_F(AccessPolicyTest, NoAcceptanceIsNotedWithoutAMemoId) {
+    AccessPolicy unnumbered({}, {}, RequiredEnvironment::any);
+    AccessPolicy numbered({}, {}, RequiredEnvironment::any, 7);
+    const KeyRecord &record = *check(unnumbered, "live_reader_key_0001").record;
+    MemoNote note;
+    for (unsigned m : {kGet, kPost, kOtherMethod}) {
+        EXPECT_FALSE(unnumbered.accepted_as_noted(note, record, m, kNow));
+        EXPECT_FALSE(numbered.accepted_as_noted(note, record, m, kNow));
+    }
+    unnumbered.note_acceptance(note, kGet);
+    EXPECT_FALSE(unnumbered.accepted_as_noted(note, record, kGet, kNow));
+    numbered.note_acceptance(note, kGet);
+    EXPECT_TRUE(numbered.accepted_as_noted(note, record, kGet, kNow));
+    EXPECT_FALSE(numbered.accepted_as_noted(note, record, kPost, kNow));
+}
+
 // ---- Order: revoked -> expired -> environment -> plan -> scopes
 
 TEST_F(AccessPolicyTest, RevokedAndExpiredIsRevoked) {
@@ -650,6 +733,20 @@ TEST_F(AllowedIpsTest, ComesBeforeScopes) {
     AccessPolicy writes({{kPost, {"diagrams:write"}}}, {}, RequiredEnvironment::any);
     EXPECT_EQ(from(writes, "live_office_key_0001", v4("192.0.2.1"), kGet).outcome,
               Outcome::ip_not_allowed);
+}
+
+// The client's address is not noted: a key with allowed_ips is checked on
+// every request, even one its policy accepted before.
+TEST_F(AllowedIpsTest, AnAcceptanceIsNeverNotedForARestrictedKey) {
+    AccessPolicy p({}, {}, RequiredEnvironment::any, 1);
+    const Verdict v = from(p, "live_office_key_0001", v4("203.0.113.1"));
+    ASSERT_EQ(v.outcome, Outcome::accepted);
+    MemoNote note;
+    p.note_acceptance(note, kGet);
+    EXPECT_FALSE(p.accepted_as_noted(note, *v.record, kGet, kNow));
+    const Verdict open = from(p, "live_open_key_000001", v4("192.0.2.1"));
+    ASSERT_EQ(open.outcome, Outcome::accepted);
+    EXPECT_TRUE(p.accepted_as_noted(note, *open.record, kGet, kNow));
 }
 
 TEST_F(AllowedIpsTest, CheckDigestTakesTheSourceToo) {

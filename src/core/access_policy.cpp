@@ -16,10 +16,11 @@ unsigned method_bit(std::string_view name) noexcept {
 }
 
 AccessPolicy::AccessPolicy(std::vector<ScopeRule> rules, std::vector<std::string> plans,
-                           RequiredEnvironment environment)
+                           RequiredEnvironment environment, std::uint16_t memo_id)
     : rules_(std::move(rules)),
       plans_(std::move(plans)),
       environment_(environment),
+      memo_id_(memo_id),
       compiled_(rules_.size()) {
     for (std::size_t i = 0; i < rules_.size(); i++) {
         compiled_[i].bits.resize(rules_[i].scopes.size());

@@ -58,8 +58,10 @@ Identity identify_key(const KeyTable &table, std::string_view key,
 
 class AccessPolicy {
 public:
+    // memo_id: unique among the policies a process uses (1 to 65535), for
+    // note_acceptance; 0: this policy's acceptances are never noted.
     AccessPolicy(std::vector<ScopeRule> rules, std::vector<std::string> plans,
-                 RequiredEnvironment environment);
+                 RequiredEnvironment environment, std::uint16_t memo_id = 0);
 
     // identify_key, then check_digest. No allocation and no exceptions: the
     // per-table view of the rules is rebuilt in place when the table changes.
@@ -78,6 +80,29 @@ public:
     Verdict check_record(const KeyTable &table, const KeyRecord &record, Environment environment,
                          unsigned method, std::int64_t now, ClientSource client = {}) noexcept;
 
+    // The caller keeps, beside a record that check_record (or check_digest)
+    // accepted, that this policy accepted it for this method. Of what the
+    // policy reads, only the time and the client's address can change
+    // while the record's table is in force (tables never change, the
+    // policy is fixed for the configuration's life), so the next request
+    // of the key in that table, to a location of this policy with the same
+    // method, needs only accepted_as_noted.
+    void note_acceptance(MemoNote &note, unsigned method) const noexcept {
+        if (memo_id_ == 0) return;
+        note.accepted_by = memo_id_;
+        note.accepted_method = static_cast<std::uint8_t>(method);
+    }
+    // True when `note` holds this policy's acceptance for `method` and the
+    // record still passes what can change: it has no allowed_ips (the
+    // address is not noted) and is neither revoked nor expired at `now`.
+    // The caller has checked that the note is of the record's table. A
+    // note without an acceptance never matches: its method 0 is no method.
+    bool accepted_as_noted(const MemoNote &note, const KeyRecord &record, unsigned method,
+                           std::int64_t now) const noexcept {
+        return note.accepted_by == memo_id_ && note.accepted_method == method &&
+               record.networks == 0 && now < record.revoked_at() && now < record.expires_at();
+    }
+
     bool checks_plan() const noexcept { return !plans_.empty(); }
 
 private:
@@ -92,6 +117,7 @@ private:
     std::vector<ScopeRule> rules_;
     std::vector<std::string> plans_;
     RequiredEnvironment environment_;
+    std::uint16_t memo_id_;
 
     std::uint64_t compiled_for_ = 0;  // build_id of the table below
     std::vector<CompiledRule> compiled_;

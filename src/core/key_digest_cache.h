@@ -45,11 +45,16 @@ std::array<std::uint8_t, 16> aes128_cmac(const std::uint8_t key[16],
 // What a caller keeps beside a key's digest, for its own use: the glue
 // keeps the key table (its build id) in which it last read the key's
 // environment, the environment and the key's record there, so that the next
-// request of the key in the same table skips the prefix and digest lookups.
+// request of the key in the same table skips the prefix and digest lookups,
+// and the last location policy that accepted the record there.
 struct MemoNote {
     static constexpr std::uint32_t kNoRecord = ~std::uint32_t{0};
     std::uint64_t table = 0;  // 0: none
     std::uint8_t value = 0;
+    // A location's acceptance of the record, by its policy's memo id and
+    // the request method (AccessPolicy::note_acceptance); 0: none.
+    std::uint8_t accepted_method = 0;
+    std::uint16_t accepted_by = 0;
     std::uint32_t record = kNoRecord;  // the key's record in that table, by index
 };
 static_assert(sizeof(MemoNote) == 16);
