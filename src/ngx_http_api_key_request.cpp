@@ -267,33 +267,34 @@ Outcome identify(RequestCtx *ctx, const KeyZone *zone, const apikey::KeyTable &t
     if (key.data() == ctx->key_data && key.size() == ctx->key_len && zone == ctx->identified_in) {
         return ctx->presented;
     }
-    apikey::Identity id;
-    if (key.size() <= apikey::kMaxKeyLength && key_digests.find(key, id.digest, note)) {
+    ctx->key_data = key.data();
+    ctx->key_len = key.size();
+    ctx->identified_in = zone;
+    // The memo writes the digest where it is kept, with no copy between.
+    if (key.size() <= apikey::kMaxKeyLength && key_digests.find(key, ctx->digest, note)) {
         // What identify_key does with the memo (a remembered key passed the
         // syntax check), and the environment as the memo noted it when it
         // was read from this very table: a table never changes once built.
         const std::uint64_t build = table.build_id();
-        id.from_memo = true;
+        auto environment = apikey::Environment::none;
+        Outcome outcome = Outcome::invalid_key;
         if (build != 0 && note->table == build) {
-            id.environment = static_cast<apikey::Environment>(note->value);
-            id.outcome = Outcome::accepted;
-        } else if (table.environment_of(key, id.environment)) {
-            id.outcome = Outcome::accepted;
-            *note = {build, static_cast<std::uint8_t>(id.environment)};
+            environment = static_cast<apikey::Environment>(note->value);
+            outcome = Outcome::accepted;
+        } else if (table.environment_of(key, environment)) {
+            outcome = Outcome::accepted;
+            *note = {build, static_cast<std::uint8_t>(environment)};
         } else {
             note = nullptr;
         }
-    } else {
-        id = apikey::identify_key(table, key);  // syntax, prefix, SHA-256
+        ctx->environment = environment;
+        return ctx->presented = outcome;
     }
-    ctx->presented = id.outcome;
+    const apikey::Identity id = apikey::identify_key(table, key);  // syntax, prefix, SHA-256
     ctx->environment = id.environment;
     ctx->digest = id.digest;
-    ctx->key_data = key.data();
-    ctx->key_len = key.size();
-    ctx->identified_in = zone;
-    remember = id.outcome == Outcome::accepted && !id.from_memo;
-    return ctx->presented;
+    remember = id.outcome == Outcome::accepted;
+    return ctx->presented = id.outcome;
 }
 
 // Holds the zone's current table for the length of one decision.
@@ -730,8 +731,15 @@ Decision decide(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx
 
 ngx_table_elt_t *add_header(ngx_http_request_t *r, std::string_view name,
                             const ngx_str_t &value) noexcept {
-    auto *h = static_cast<ngx_table_elt_t *>(ngx_list_push(&r->headers_out.headers));
-    if (h == nullptr) return nullptr;
+    // ngx_list_push's own first step, without the call, when the last part has room.
+    ngx_list_t &list = r->headers_out.headers;
+    ngx_table_elt_t *h;
+    if (list.last->nelts < list.nalloc) {
+        h = static_cast<ngx_table_elt_t *>(list.last->elts) + list.last->nelts++;
+    } else {
+        h = static_cast<ngx_table_elt_t *>(ngx_list_push(&list));
+        if (h == nullptr) return nullptr;
+    }
     h->hash = 1;
 #if defined(nginx_version) && nginx_version >= 1023000
     h->next = nullptr;  // one element of its name (auth_request walks the chain)
@@ -925,6 +933,17 @@ bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCt
     ngx_list_t &headers = r->headers_in.headers;
     bool found = false;
     ngx_uint_t ordinal = 0, at = 0;
+    const ngx_table_elt_t *authorization = r->headers_in.authorization;
+    const auto *first = static_cast<const ngx_table_elt_t *>(headers.part.elts);
+    if (!lcf->header_sources && authorization != nullptr && headers.part.next == nullptr &&
+        headers.part.nelts != 0 && authorization == first + headers.part.nelts - 1) {
+        // Bearer only, and the Authorization header the last of the list:
+        // the only carrier, without a scan. A client cannot send two (nginx
+        // answers a second with 400), and a module can only add elements
+        // after it.
+        found = true;
+        at = headers.part.nelts - 1;
+    }
     for (const ngx_list_part_t *part = &headers.part; part && !found; part = part->next) {
         auto *h = static_cast<const ngx_table_elt_t *>(part->elts);
         for (at = 0; at < part->nelts; at++) {
@@ -967,8 +986,8 @@ bool hide_credentials(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCt
 
 // After the decision: hide the carriers, or refuse. NGX_OK when accepted
 // (a dry run's refusal goes on as NGX_DECLINED).
-ngx_int_t conclude(ngx_http_request_t *r, const ApiKeyLocConf *lcf, RequestCtx *ctx,
-                   Decision &d) noexcept {
+[[gnu::always_inline]] inline ngx_int_t conclude(ngx_http_request_t *r, const ApiKeyLocConf *lcf,
+                                                 RequestCtx *ctx, Decision &d) noexcept {
     // No opinion, so that with `satisfy any` another method must still allow it.
     if (d.anonymous) return NGX_DECLINED;
     if (d.outcome != Outcome::accepted && !lcf->dry_run) return refuse(r, lcf, ctx, d);
