@@ -21,8 +21,6 @@ std::uint64_t hash_id(std::string_view id) noexcept {
     return h != 0 ? h : 1;
 }
 
-void add(std::uint64_t *counter) noexcept { fetch_add_relaxed(counter, 1); }
-
 template <typename T>
 T load(const char *p) noexcept {
     T v;
@@ -94,8 +92,7 @@ UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
 
 UsageSlot *UsageTable::slot_for(std::string_view key_id, std::uint64_t source) noexcept {
     if (key_id.size() > kMaxTrackedId) key_id = key_id.substr(0, kMaxTrackedId);
-    const auto address = reinterpret_cast<std::uintptr_t>(key_id.data());
-    Hint &hint = hints_[(address * 0x9e3779b97f4a7c15ull) >> (64 - kHintBits)];
+    Hint &hint = hint_for(key_id.data());
     // Slots are never given to another id, so the same unchanging text
     // finds the same slot.
     if (hint.id == key_id.data() && ((source != 0 && hint.source == source) ||
@@ -109,19 +106,5 @@ UsageSlot *UsageTable::slot_for(std::string_view key_id, std::uint64_t source) n
     return s;
 }
 
-void UsageTable::count(std::string_view key_id, Outcome outcome, std::int64_t now,
-                       std::uint64_t source) noexcept {
-    if (totals_ == nullptr) return;
-    const auto o = static_cast<std::size_t>(outcome);
-    add(&totals_->count[o]);
-    if (key_id.empty()) return;
-    UsageSlot *s = slot_for(key_id, source);
-    if (s == nullptr) {
-        add(&totals_->untracked);
-        return;
-    }
-    add(&s->count[o]);
-    store_relaxed(&s->last_used, now);
-}
 
 }  // namespace apikey

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "outcome.h"
+#include "shm_atomic.h"
 
 namespace apikey {
 
@@ -55,8 +56,25 @@ public:
     // when not 0, names memory whose text never changes (a key table's
     // build id): an id found there at the same address before is known
     // without comparing it again.
+    // Inline: on every request, and a key's requests after its first find
+    // its slot by the hint alone.
     void count(std::string_view key_id, Outcome outcome, std::int64_t now,
-               std::uint64_t source = 0) noexcept;
+               std::uint64_t source = 0) noexcept {
+        if (totals_ == nullptr) return;
+        const auto o = static_cast<std::size_t>(outcome);
+        fetch_add_relaxed(&totals_->count[o], std::uint64_t{1});
+        if (key_id.empty()) return;
+        const Hint &hint = hint_for(key_id.data());
+        UsageSlot *s = source != 0 && hint.id == key_id.data() && hint.source == source
+                           ? hint.slot
+                           : slot_for(key_id, source);
+        if (s == nullptr) {
+            fetch_add_relaxed(&totals_->untracked, std::uint64_t{1});
+            return;
+        }
+        fetch_add_relaxed(&s->count[o], std::uint64_t{1});
+        store_relaxed(&s->last_used, now);
+    }
 
     const UsageTotals &totals() const noexcept { return *totals_; }
     std::uint64_t capacity() const noexcept { return totals_->capacity; }
@@ -78,6 +96,10 @@ private:
     UsageTable(UsageTotals *totals, UsageSlot *slots) noexcept : totals_(totals), slots_(slots) {}
     UsageSlot *find_or_claim(std::string_view key_id) noexcept;
     UsageSlot *slot_for(std::string_view key_id, std::uint64_t source) noexcept;
+    Hint &hint_for(const char *id) noexcept {
+        const auto address = reinterpret_cast<std::uintptr_t>(id);
+        return hints_[(address * 0x9e3779b97f4a7c15ull) >> (64 - kHintBits)];
+    }
 
     UsageTotals *totals_ = nullptr;
     UsageSlot *slots_ = nullptr;
