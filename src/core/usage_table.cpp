@@ -106,5 +106,4 @@ UsageSlot *UsageTable::slot_for(std::string_view key_id, std::uint64_t source) n
     return s;
 }
 
-
 }  // namespace apikey
