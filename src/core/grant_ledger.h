@@ -189,10 +189,11 @@ inline std::uint32_t ledger_cluster_remaining(const SyncLedger &l, std::int64_t 
 // is not needed: a valid lease is spent in every mode.
 inline bool ledger_take_lease(SyncLedger &l, std::int64_t now_ms, std::uint32_t epoch_gen,
                               WindowDecision &decision, LedgerDecision &out) noexcept {
+    // The gap since the last demand in 0 to 0x7fffffff ms: one unsigned compare.
     if (__builtin_expect(!(l.limit == decision.limit && l.seeded_gen == epoch_gen &&
                            l.lease_left > 0 && now_ms < l.lease_until_ms && l.demand_at_ms != 0 &&
-                           now_ms >= l.demand_at_ms && l.demand != 0xffffffffu &&
-                           now_ms - l.demand_at_ms <= 0x7fffffff),
+                           l.demand != 0xffffffffu &&
+                           static_cast<std::uint64_t>(now_ms - l.demand_at_ms) <= 0x7fffffffu),
                          0)) {
         return false;
     }
@@ -204,8 +205,12 @@ inline bool ledger_take_lease(SyncLedger &l, std::int64_t now_ms, std::uint32_t 
     l.lease_left--;
     const std::uint32_t est = ledger_cluster_remaining(l, now_ms);
     if (est < decision.remaining) decision.remaining = est;
-    const std::uint32_t view_reset = ledger_ceil_seconds(l.view_reset_at_ms - now_ms);
-    if (view_reset > decision.reset_s) decision.reset_s = view_reset;
+    // ceil(ms / 1000) > reset_s exactly when ms > reset_s * 1000: the
+    // division only for a later reset.
+    const std::int64_t view_reset_ms = l.view_reset_at_ms - now_ms;
+    if (view_reset_ms > static_cast<std::int64_t>(decision.reset_s) * 1000) {
+        decision.reset_s = ledger_ceil_seconds(view_reset_ms);
+    }
     decision.retry_after_s = 0;
     out.allowed = true;
     out.via = LedgerVia::lease;
