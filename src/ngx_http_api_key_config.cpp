@@ -1163,6 +1163,22 @@ bool random_bytes(void *out, size_t n, ngx_log_t *log) noexcept {
     return false;
 }
 
+// With debug logging, ngx_add_timer reads its event's data as a connection
+// for the log line's fd (ngx_event_ident): a timer without a connection
+// gives it, as nginx's resolver does, a struct with an ident after three
+// pointers.
+struct TimerIdent {
+    void *unused[3];
+    ngx_int_t ident;
+};
+TimerIdent worker_tick_ident = {{}, -1};
+
+void on_worker_tick(ngx_event_t *ev) noexcept {
+    for_each_key_zone(const_cast<ngx_cycle_t *>(ngx_cycle),
+                      [](KeyZone &zone) { zone.shared.drop_pin(); });
+    if (sync_tick(ev->log) && !ev->timer_set) ngx_add_timer(ev, kPinMs);
+}
+
 ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
     uint64_t seed;
     apikey::SipKey secret;
@@ -1180,13 +1196,6 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
                           apikey::kMaxReaders);
             joined = false;
         }
-        ngx_memzero(&zone.pin_event, sizeof(ngx_event_t));
-        zone.pin_event.handler = [](ngx_event_t *ev) {
-            static_cast<KeyZone *>(ev->data)->shared.drop_pin();
-        };
-        zone.pin_event.data = &zone;
-        zone.pin_event.log = cycle->log;
-        zone.pin_event.cancelable = 1;
         if (zone.check) {
             ngx_event_t *ev = &zone.check_event;
             ngx_memzero(ev, sizeof(ngx_event_t));
@@ -1199,6 +1208,11 @@ ngx_int_t init_process(ngx_cycle_t *cycle) noexcept {
         }
     });
     if (!joined) return NGX_ERROR;
+    ngx_memzero(&worker_tick, sizeof(ngx_event_t));
+    worker_tick.handler = on_worker_tick;
+    worker_tick.data = &worker_tick_ident;
+    worker_tick.log = cycle->log;
+    worker_tick.cancelable = 1;  // a graceful shutdown does not wait for it
     start_sync(cycle);
     return NGX_OK;
 }

@@ -77,8 +77,18 @@ private:
     std::atomic<bool> done_{false};
 };
 
-// How long a worker keeps its pin on a key zone's table (core/shared_tables.h).
+// How long a worker keeps its pin on a key zone's table (core/shared_tables.h):
+// the period of worker_tick.
 constexpr ngx_msec_t kPinMs = 100;
+
+// One timer per worker for the module's periodic work, so that nginx's
+// timer tree holds one node of ours, not one per zone and another for
+// cluster mode (each node makes every timer of every connection a little
+// dearer). Each tick drops the worker's pins on the key zones' tables, so
+// that an idle or draining worker does not keep a replaced table in a zone,
+// and runs sync_tick(). Armed (kPinMs) by a request that pins a table and
+// by start_sync; kept armed while sync_tick() asks for it.
+extern ngx_event_t worker_tick;
 
 // One api_key_zone, in the cycle pool. The table image is parsed at
 // configuration time (so nginx -t and a reload report file errors with
@@ -97,10 +107,6 @@ struct KeyZone {
     SlabMemory memory;
     apikey::SharedTables shared;  // this process's view of the zone
     ngx_event_t check_event;
-    // Drops the process's pin on the zone's table (core/shared_tables.h)
-    // kPinMs after it was taken, so that an idle or draining worker does
-    // not keep a replaced table in the zone.
-    ngx_event_t pin_event;
     KeyLoader loader;
 
     // Cluster mode (sync= channel=): versions and revocations published to
@@ -237,6 +243,10 @@ bool is_fact_variable(const ngx_str_t &name) noexcept;
 // starts the sync process and stops it at exit.
 void start_sync(ngx_cycle_t *cycle) noexcept;
 void stop_sync(ngx_cycle_t *cycle) noexcept;
+// worker_tick's part for cluster mode, in worker 0: logs the zones' state
+// changes and restarts a sync process that ended. True while it wants more
+// ticks (cluster mode runs here and the worker is not exiting).
+bool sync_tick(ngx_log_t *log) noexcept;
 // The sync process's clock in ms: CLOCK_MONOTONIC, the clock of ngx_current_msec.
 std::int64_t monotonic_ms() noexcept;
 

@@ -24,6 +24,7 @@ namespace ngx_api_key {
 apikey::RequestIdGenerator request_ids;
 apikey::KeyDigestCache key_digests;
 std::uint64_t self_identity;
+ngx_event_t worker_tick;
 ngx_http_output_header_filter_pt next_header_filter;
 
 namespace {
@@ -303,9 +304,7 @@ public:
     // Inlined: the request path's table reference is a few instructions.
     [[gnu::always_inline]] explicit TableHold(KeyZone *zone) noexcept
         : zone_(zone), ref_(zone->shared.acquire()) {
-        if (!zone->pin_event.timer_set && zone->shared.pinned()) {
-            ngx_add_timer(&zone->pin_event, kPinMs);
-        }
+        if (!worker_tick.timer_set && zone->shared.pinned()) ngx_add_timer(&worker_tick, kPinMs);
     }
     [[gnu::always_inline]] ~TableHold() { zone_->shared.release(ref_); }
     TableHold(const TableHold &) = delete;

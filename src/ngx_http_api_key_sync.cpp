@@ -299,33 +299,34 @@ struct LoggedState {
 };
 std::vector<LoggedState> logged;
 std::vector<KeyZone *> logged_channels;
-ngx_event_t log_event;
+bool sync_started = false;  // start_sync configured the sync process in this worker
 
-void log_states(ngx_event_t *ev) noexcept {
+}  // namespace
+
+bool sync_tick(ngx_log_t *log) noexcept {
+    if (!sync_started) return false;
     const std::int64_t now = monotonic_ms();
     for (LoggedState &s : logged) {
         const bool degraded = apikey::sync_degraded(s.zone->table.sync_node(), s.zone->sync, now);
         if (degraded == s.degraded) continue;
         s.degraded = degraded;
         if (degraded) {
-            ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+            ngx_log_error(NGX_LOG_WARN, log, 0,
                           "api_key_limit_zone \"%V\": no exchange with api_key_redis \"%V\" for "
                           "%uD ms: degraded (fail=%s)",
                           &s.zone->name, &s.zone->redis->name, s.zone->sync.fail_after_ms,
                           s.zone->sync.fail == apikey::FailMode::local ? "local" : "closed");
         } else {
-            ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+            ngx_log_error(NGX_LOG_NOTICE, log, 0,
                           "api_key_limit_zone \"%V\": synced with api_key_redis \"%V\" again",
                           &s.zone->name, &s.zone->redis->name);
         }
     }
-    for (KeyZone *zone : logged_channels) log_channel(*zone, ev->log);
-    if (ngx_exiting || ngx_quit || ngx_terminate) return;
-    watch_sync_process(ev->log, now);
-    ngx_add_timer(ev, 200);
+    for (KeyZone *zone : logged_channels) log_channel(*zone, log);
+    if (ngx_exiting || ngx_quit || ngx_terminate) return false;
+    watch_sync_process(log, now);
+    return true;
 }
-
-}  // namespace
 
 void start_sync(ngx_cycle_t *cycle) noexcept {
     if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE) return;
@@ -370,11 +371,8 @@ void start_sync(ngx_cycle_t *cycle) noexcept {
     // Without it the zones stay degraded (logged by the timer); the timer
     // tries again.
     start_sync_process(cycle, cycle->log);
-    ngx_memzero(&log_event, sizeof(log_event));
-    log_event.handler = log_states;
-    log_event.log = cycle->log;
-    log_event.cancelable = 1;
-    ngx_add_timer(&log_event, 200);
+    sync_started = true;
+    if (!worker_tick.timer_set) ngx_add_timer(&worker_tick, kPinMs);
 }
 
 void stop_sync(ngx_cycle_t *) noexcept { sync_process.stop(); }

@@ -22,7 +22,9 @@ real HTTP, from /proc and the error log:
   closed by nginx after "Connection: close" (the client reads EOF);
 * reload: the old sync process ends with the old workers, the new worker 0
   has its own; quit: nothing is left; SIGKILL of worker 0: its sync process
-  ends on its own and the respawned worker 0 starts a new one.
+  ends on its own and the respawned worker 0 starts a new one;
+* Redis paused past fail_after: worker 0 logs the zone degraded once, and
+  synced again once after it resumes.
 
 Every test has its own nginx (and all share one redis-server per class);
 each is stopped at cleanup even when the test fails, every sync process it
@@ -702,6 +704,38 @@ class SyncProcessTest(SyncProcessCase):
         self.assert_syncs(n, self.keys[5], "after worker 0 was killed")
         print("\n  worker 0 %d killed: sync process %d gone %.0f ms later; new worker 0 %d, "
               "sync process %d" % (w0, old, took * 1000, new_w0, new))
+
+    def test_8_degraded_and_recovered_are_logged_once(self):
+        """Worker 0's tick logs a zone's state changes, once each: Redis
+        paused (SIGSTOP) past fail_after (1 s) gives one [warn] "no exchange
+        with api_key_redis "r" ... degraded (fail=local)" (the default) by worker 0; SIGCONT
+        gives one [notice] "synced with api_key_redis "r" again"."""
+        n = self.start_nginx()
+        w0 = self.worker0(n)
+        self.wait_sync_process(n, w0)
+        self.wait_ok(n, what="before the pause")
+        offset = n.error_log_size()
+        degraded = ('api_key_limit_zone "lz": no exchange with api_key_redis "r" for 1000 ms: '
+                    'degraded (fail=local)')
+        again = 'api_key_limit_zone "lz": synced with api_key_redis "r" again'
+        self.redis.pause()
+        try:
+            wait_until(lambda: degraded in n.error_log(offset), 3.0,
+                       what="the degraded line within 3 s of the pause")
+            time.sleep(0.5)  # more ticks: no second line
+        finally:
+            self.redis.resume()
+        wait_until(lambda: again in n.error_log(offset), 3.0,
+                   what="the recovered line within 3 s of SIGCONT")
+        time.sleep(0.5)
+        lines = n.error_log(offset).splitlines()
+        said = [l for l in lines if degraded in l]
+        self.assertEqual(len(said), 1, "degraded logged once: %s" % said)
+        self.assertIn("[warn] %d#" % w0, said[0], "at [warn], by worker 0: %s" % said[0])
+        said = [l for l in lines if again in l]
+        self.assertEqual(len(said), 1, "recovery logged once: %s" % said)
+        self.assertIn("[notice] %d#" % w0, said[0], "at [notice], by worker 0: %s" % said[0])
+        self.wait_ok(n, what="after the pause")
 
 
 if __name__ == "__main__":
