@@ -453,7 +453,7 @@ class SyncProcessTest(SyncProcessCase):
                       "(the /proc check sees it)")
         self.assertNotIn(listen, socket_inodes(pid),
                          "the sync process closed its copy of the listening socket")
-        # a few of worker 0's 200 ms ticks and some traffic later: still one
+        # a few of worker 0's 100 ms ticks and some traffic later: still one
         for i in range(20):
             n.get("/limited/x", [("Authorization", "Bearer " + self.keys[0])])
         time.sleep(0.7)
