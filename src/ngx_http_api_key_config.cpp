@@ -764,7 +764,10 @@ char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child) noexcept {
         }
         std::vector<std::string> plans;
         for (const ngx_str_t &s : items<ngx_str_t>(conf->plans)) plans.push_back(to_string(s));
-        // Numbered per configuration: a worker serves one configuration.
+        // Numbered per configuration: a note of an acceptance also names the
+        // key table it was made in, and every configuration (a reload, or
+        // a reconfiguration with master_process off) builds its tables
+        // anew, so no note outlives the policies it numbers.
         auto *amcf = static_cast<ApiKeyMainConf *>(
             ngx_http_conf_get_module_main_conf(cf, ngx_http_api_key_module));
         const ngx_uint_t memo_id = ++amcf->policies <= 0xffff ? amcf->policies : 0;
