@@ -31,7 +31,7 @@ def utc(t):
 
 class RepeatDecisionsTest(NginxCase):
     HTTP = HTTP
-    LEAD = 3  # seconds from nginx's start to the expiring key's expiry
+    LEAD = 4  # seconds from nginx's start to the expiring key's expiry
 
     @classmethod
     def prepare(cls, nginx):

@@ -257,7 +257,7 @@ CounterSlot *CounterTable::claim_locked(std::uint64_t budget, WindowLimit limit,
     r.evicted_active = evicted_active;
     r.synced = false;
     r.slot = static_cast<std::uint64_t>(&slot - slots_);
-    r.ledger = LedgerDecision{};
+    // r.ledger is written only when synced: nothing reads it otherwise.
     if (commit) slot.last_used_ms = now_ms;
     // Unsynced tables: one predictable branch.
     if (__builtin_expect(ledgers_ != nullptr, 0) && r.decision.allowed) {

@@ -129,8 +129,10 @@ LedgerDecision ledger_admit(SyncLedger &ledger, const SyncConfig &config, Ledger
 // which accepted the request) becomes the request's: allowed only when the
 // ledger accepts too; then remaining, reset_s and next_free_s are the
 // ledger's, and a refusal's retry_after_s. `out` gets the ledger's decision
-// (for ledger_refund). Returns whether the ledger accepted; when it did not
-// and commit, the caller takes the request back from the local window.
+// for ledger_refund: when a lease unit was spent (via lease) only allowed,
+// via and the lease's lease_until_ms and lease_bucket are set, the rest is
+// in `decision`. Returns whether the ledger accepted; when it did not and
+// commit, the caller takes the request back from the local window.
 bool ledger_decide(SyncLedger &ledger, const SyncConfig &config, LedgerContext ctx,
                    WindowDecision &decision, LedgerDecision &out, bool commit) noexcept;
 
@@ -212,12 +214,9 @@ inline bool ledger_take_lease(SyncLedger &l, std::int64_t now_ms, std::uint32_t 
         decision.reset_s = ledger_ceil_seconds(view_reset_ms);
     }
     decision.retry_after_s = 0;
+    // What ledger_refund reads; the figures for the headers are in `decision`.
     out.allowed = true;
     out.via = LedgerVia::lease;
-    out.remaining = decision.remaining;
-    out.reset_s = decision.reset_s;
-    out.retry_after_s = 0;
-    out.next_free_s = decision.next_free_s;
     out.lease_until_ms = l.lease_until_ms;
     out.lease_bucket = l.lease_bucket;
     return true;
