@@ -93,11 +93,10 @@ UsageSlot *UsageTable::find_or_claim(std::string_view key_id) noexcept {
 UsageSlot *UsageTable::slot_for(std::string_view key_id, std::uint64_t source) noexcept {
     if (key_id.size() > kMaxTrackedId) key_id = key_id.substr(0, kMaxTrackedId);
     Hint &hint = hint_for(key_id.data());
-    // Slots are never given to another id, so the same unchanging text
-    // finds the same slot.
-    if (hint.id == key_id.data() && ((source != 0 && hint.source == source) ||
-                                     (hint.slot->id_len == key_id.size() &&
-                                      same_bytes(hint.slot->id, key_id.data(), key_id.size())))) {
+    // count() has tried the hint by its source. Slots are never given to
+    // another id, so a hint whose slot holds the same text is still right.
+    if (hint.id == key_id.data() && hint.slot->id_len == key_id.size() &&
+        same_bytes(hint.slot->id, key_id.data(), key_id.size())) {
         return hint.slot;
     }
     UsageSlot *s = find_or_claim(key_id);

@@ -57,7 +57,7 @@ public:
     // build id): an id found there at the same address before is known
     // without comparing it again.
     // Inline: on every request, and a key's requests after its first find
-    // its slot by the hint alone.
+    // its slot by the hint alone (slot_for otherwise).
     void count(std::string_view key_id, Outcome outcome, std::int64_t now,
                std::uint64_t source = 0) noexcept {
         if (totals_ == nullptr) return;
